@@ -1,0 +1,1 @@
+"""Data sets, transforms and text processing (FashionGen, FashionIQ, ASEN++ split files, synthetic data)."""

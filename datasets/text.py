@@ -1,0 +1,123 @@
+"""Text processing shared by every task: caption cleaning, prefixes, sign tokens, tokenizer, id layouts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import BertTokenizer
+
+from datasets.fashiongen_meta import SIGN_TOKEN_IDS, SIGN_TOKENS
+from engine.errors import DataError
+
+VOCAB_FILENAME = "vocab.txt"
+BUILD_VOCAB_HINT = (
+    "build one with `python scripts/build_vocab.py from-captions --data-root data/synthetic --out <folder>` "
+    "(synthetic data) or `python scripts/build_vocab.py from-bert --bert-vocab <bert-base-uncased/vocab.txt> "
+    "--out <folder>` (real bert-base-uncased vocabulary)"
+)
+
+# Prefixes the published code puts in front of texts (§3.2 of fine-data-eval.md).
+CMR_PREFIX = "the image description is "
+TGIR_PREFIX = "the difference between two images are "
+
+_FINE_DELETE = re.compile(r"[,.'!\"()*#:;~]")
+_BLIP_SPACE = re.compile(r"[.!\"()*#:;~]")
+_MULTISPACE = re.compile(r"\s{2,}")
+
+
+def pre_caption(caption: str, max_words: int | None = None) -> str:
+    """The Fashion-FINE / FashionSAP caption cleaner (§3.1): lower, delete punctuation, collapse spaces."""
+    text = caption.lower()
+    text = _FINE_DELETE.sub("", text)
+    text = text.replace("-", " ").replace("/", " ").replace("<person>", "person").replace("<br>", " ")
+    text = _MULTISPACE.sub(" ", text)
+    text = text.rstrip("\n").strip(" ")
+    if max_words is not None:
+        text = " ".join(text.split(" ")[:max_words])
+    return text
+
+
+def pre_caption_blip(caption: str, max_words: int = 180) -> str:
+    """The BLIP-variant cleaner: punctuation to spaces (commas, apostrophes, hyphens kept), cap words."""
+    text = _BLIP_SPACE.sub(" ", caption.lower())
+    text = _MULTISPACE.sub(" ", text).rstrip("\n").strip(" ")
+    words = text.split(" ")
+    if len(words) > max_words:
+        text = " ".join(words[:max_words])
+    return text
+
+
+def join_fashioniq_captions(captions: Sequence[str]) -> str:
+    """FashionIQ query text: prefix + captions joined with ' and ' in file order, then cleaned (§7.3)."""
+    return pre_caption(TGIR_PREFIX + " and ".join(captions))
+
+
+def read_vocab(path: str | Path) -> dict[str, int]:
+    """Read a BERT `vocab.txt` (one token per line, id = line number)."""
+    path = Path(path)
+    vocab: dict[str, int] = {}
+    for idx, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        token = line.rstrip("\r")
+        if token in vocab:
+            raise DataError(f"{path}:{idx + 1}: duplicate token {token!r}")
+        vocab[token] = idx
+    return vocab
+
+
+def check_sign_ids(vocab: dict[str, int], source: str) -> None:
+    """The nine sign tokens must sit at ids 1..9, as in the published vocabulary."""
+    wrong = [(tok, vocab.get(tok)) for tok in SIGN_TOKENS if vocab.get(tok) != SIGN_TOKEN_IDS[tok]]
+    if wrong:
+        details = ", ".join(f"{tok} at {idx}" for tok, idx in wrong)
+        raise DataError(f"{source}: sign tokens must have ids 1..9 ({details}); {BUILD_VOCAB_HINT}")
+
+
+def load_tokenizer(folder: str | Path) -> BertTokenizer:
+    """BERT WordPiece tokenizer from a local folder holding `vocab.txt`; never touches the network."""
+    vocab_path = Path(folder) / VOCAB_FILENAME
+    if not vocab_path.is_file():
+        raise FileNotFoundError(f"tokenizer vocabulary not found: {vocab_path}; {BUILD_VOCAB_HINT}")
+    vocab = read_vocab(vocab_path)
+    check_sign_ids(vocab, str(vocab_path))
+    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in vocab]
+    if missing:
+        raise DataError(f"{vocab_path}: special tokens missing: {', '.join(missing)}; {BUILD_VOCAB_HINT}")
+    if vocab["[PAD]"] != 0:
+        raise DataError(f"{vocab_path}: [PAD] must have id 0 (found {vocab['[PAD]']})")
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
+    # Registered as special so they are never split; they already exist, so no id is created.
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SIGN_TOKENS)})
+    if len(tokenizer) != len(vocab):
+        raise DataError(f"{vocab_path}: registering sign tokens grew the vocabulary; check the file")
+    return tokenizer
+
+
+def encode_fixed_length(
+    tokenizer: BertTokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    add_sep: bool = True,
+    prefix_tokens: Sequence[Sequence[str]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, `[CLS] [prefix] pieces [SEP]`, truncated then padded with id 0.
+
+    `add_sep=False` gives the published training layout (`[CLS]` + pieces, no `[SEP]`, D8).
+    `prefix_tokens[i]` (e.g. a sign token) is placed right after `[CLS]` for text i.
+    """
+    ids = torch.zeros(len(texts), max_length, dtype=torch.long)
+    mask = torch.zeros(len(texts), max_length, dtype=torch.long)
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    for i, text in enumerate(texts):
+        pieces = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
+        head = [cls_id] + (tokenizer.convert_tokens_to_ids(list(prefix_tokens[i])) if prefix_tokens else [])
+        if add_sep:
+            row = head + pieces[: max(0, max_length - len(head) - 1)] + [sep_id]
+        else:
+            row = (head + pieces)[:max_length]
+        row = row[:max_length]
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask

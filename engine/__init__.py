@@ -1,0 +1,1 @@
+"""Shared training machinery: configs, distribution, data loading, optimisation, checkpoints, logging, loop."""

@@ -1,0 +1,285 @@
+"""Typed YAML configs: ruamel (YAML 1.2) loading, `_base_` inheritance, several files merged in order,
+`--set key.sub=value` overrides, and validation against dataclass schemas.
+
+A schema is a dataclass whose fields are scalars (int, float, bool, str), `X | None`, `Literal[...]`,
+`list[X]`, `tuple[X, ...]`, `dict[str, X]` or nested schema dataclasses. Every field must have a default;
+a mapping given in YAML extends (not replaces) a `dict` field's default mapping;
+the docstring of a schema documents its keys (``# comment`` after each field). A schema may define
+``validate(self) -> None`` raising ``ValueError`` for cross-field checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import io
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from ruamel.yaml import YAML
+
+T = TypeVar("T")
+BASE_KEY = "_base_"
+
+
+class ConfigError(ValueError):
+    """A config file or override does not match its schema."""
+
+
+def _yaml() -> YAML:
+    return YAML(typ="safe", pure=True)
+
+
+def parse_scalar(text: str) -> Any:
+    """Parse an override value with YAML 1.2 rules (`6e-5` -> float, `[1, 2]` -> list, `null` -> None)."""
+    if text.strip() == "":
+        return ""
+    return _yaml().load(io.StringIO(text))
+
+
+def _deep_merge(base: dict, top: Mapping, origins: dict[str, str], source: str, prefix: str = "") -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, origins, source, dotted + ".")
+        else:
+            out[key] = copy.deepcopy(dict(value)) if isinstance(value, Mapping) else copy.deepcopy(value)
+            _record_origins(value, dotted, origins, source)
+    return out
+
+
+def _record_origins(value: Any, dotted: str, origins: dict[str, str], source: str) -> None:
+    origins[dotted] = source
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _record_origins(v, f"{dotted}.{k}", origins, source)
+
+
+def load_yaml_tree(path: str | Path, origins: dict[str, str] | None = None, _stack: tuple = ()) -> dict:
+    """Read one YAML file, resolving `_base_` (a path or list of paths relative to the file) first."""
+    path = Path(path)
+    origins = {} if origins is None else origins
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _stack:
+        raise ConfigError(f"{path}: circular _base_ chain: {' -> '.join(str(p) for p in _stack)}")
+    data = _yaml().load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    bases = data.pop(BASE_KEY, [])
+    bases = [bases] if isinstance(bases, str) else list(bases)
+    merged: dict = {}
+    for base in bases:
+        base_tree = load_yaml_tree(path.parent / base, origins, _stack + (path.resolve(),))
+        merged = _deep_merge(merged, base_tree, {}, "")
+    return _deep_merge(merged, data, origins, str(path))
+
+
+def apply_override(tree: dict, assignment: str, origins: dict[str, str]) -> dict:
+    """Apply one `a.b.c=value` override to a raw config tree."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE (e.g. optim.lr=1e-5)")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r}: empty key component")
+    nested: Any = parse_scalar(text)
+    for part in reversed(parts):
+        nested = {part: nested}
+    return _deep_merge(tree, nested, origins, f"--set {assignment}")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, dotted: str, origins: dict[str, str]) -> Any:
+    """Check/convert a raw YAML value to the annotated type, raising ConfigError with key and source."""
+    origin = get_origin(tp)
+    where = origins.get(dotted, "<defaults>")
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: key '{dotted}' expects {expected}, got {type(value).__name__} {value!r}")
+
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise fail(f"a mapping ({tp.__name__})")
+        return _build(tp, value, origins, dotted + ".")
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, dotted, origins)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise fail(" or ".join(_type_name(o) for o in options))
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: key '{dotted}' must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin in (list, tuple, Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise fail(f"a list ({_type_name(tp)})")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise fail(f"a list of {len(args)} items")
+            return tuple(_convert(v, a, f"{dotted}[{i}]", origins) for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{dotted}[{i}]", origins) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise fail("a mapping")
+        key_tp, val_tp = get_args(tp) or (str, Any)
+        return {_convert(k, key_tp, dotted, origins): _convert(v, val_tp, f"{dotted}.{k}", origins)
+                for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail("a boolean (true/false)")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    raise ConfigError(f"key '{dotted}': unsupported schema type {tp!r}")
+
+
+def _build(schema: type[T], data: Mapping, origins: dict[str, str], prefix: str = "") -> T:
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        section = prefix.rstrip(".") or "top level"
+        raise ConfigError(
+            f"{origins.get(key, '<config>')}: unknown key '{key}'; valid keys in {section}: "
+            f"{', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _convert(value, hints[name], f"{prefix}{name}", origins) for name, value in data.items()}
+    for name, value in kwargs.items():  # mapping keys extend the schema's default mapping
+        default_factory = fields[name].default_factory
+        if isinstance(value, dict) and default_factory is not dataclasses.MISSING:
+            default = default_factory()
+            if isinstance(default, dict):
+                kwargs[name] = {**default, **value}
+    try:
+        obj = schema(**kwargs)
+    except TypeError as exc:  # a field without default that the config did not give
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as exc:
+            raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
+    return obj
+
+
+def build_config(schema: type[T], tree: Mapping, origins: dict[str, str] | None = None) -> T:
+    """Validate a raw tree against `schema` (unknown keys and wrong types raise ConfigError)."""
+    return _build(schema, tree, origins or {})
+
+
+def load_config(schema: type[T], paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> T:
+    """Merge YAML files in order (each with its `_base_` chain), apply overrides, validate."""
+    origins: dict[str, str] = {}
+    tree: dict = {}
+    for path in paths:
+        tree = _deep_merge(tree, load_yaml_tree(path, origins), {}, "")
+    for assignment in overrides:
+        tree = apply_override(tree, assignment, origins)
+    return build_config(schema, tree, origins)
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """Plain nested dict/list version of a schema instance (for checkpoints and logs)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def dump_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (what actually ran)."""
+    yaml = YAML()
+    yaml.default_flow_style = False
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.dump(config_to_dict(cfg), f)
+
+
+def describe_schema(schema: type, prefix: str = "") -> list[str]:
+    """`key: type = default` lines for every key of a schema (used by `--help-config`)."""
+    lines = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe_schema(tp, f"{prefix}{f.name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>")
+        doc = f.metadata.get("doc", "")
+        lines.append(f"{prefix}{f.name}: {_type_name(tp)} = {default!r}" + (f"  # {doc}" if doc else ""))
+    return lines
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None, flag: str = "--config") -> None:
+    """Add the config flags every entry point shares: config file(s), `--set`/`--cfg-options`, help."""
+    if flag == "--cfg":
+        parser.add_argument("--cfg", nargs="+", required=default_config is None,
+                            default=[default_config] if default_config else None,
+                            help="YAML config files, merged in order")
+    else:
+        parser.add_argument("--config", default=default_config, help="YAML config file (may use _base_)")
+    parser.add_argument("--set", "--cfg-options", dest="overrides", nargs="+", action="extend", default=[],
+                        metavar="KEY=VALUE", help="override config keys, e.g. --set optim.lr=1e-5 train.epochs=2")
+    parser.add_argument("--help-config", action="store_true", help="list every config key with its default")
+
+
+def config_from_args(schema: type[T], args: argparse.Namespace) -> T:
+    """Load the schema from parsed arguments (`--config`/`--cfg` plus overrides)."""
+    if getattr(args, "help_config", False):
+        print("\n".join(describe_schema(schema)))
+        raise SystemExit(0)
+    paths = args.cfg if hasattr(args, "cfg") else ([args.config] if args.config else [])
+    return load_config(schema, paths, args.overrides)
+
+
+def field(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) -> Any:
+    """`dataclasses.field` with a `doc` string shown by `--help-config`."""
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(value), metadata={"doc": doc}, **kwargs)
+    if dataclasses.is_dataclass(default) and isinstance(default, type):
+        return dataclasses.field(default_factory=default, metadata={"doc": doc}, **kwargs)
+    return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)

@@ -1,0 +1,7 @@
+"""Error types for bad user input (reported as one clear line by the entry points)."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A data, annotation or vocabulary file is missing or malformed; the message names the file/record."""

@@ -1,0 +1,105 @@
+"""Optimizer parameter groups and learning-rate schedules (torch's own optimizers and LambdaLR/StepLR)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from engine.sections import OptimConfig, ScheduleConfig
+
+
+def _no_decay(name: str, param: torch.Tensor, cfg: OptimConfig) -> bool:
+    if param.ndim == 1 or name.endswith(".bias"):
+        return True
+    if param.ndim == 0 and not cfg.decay_scalars:
+        return True
+    return any(name.endswith(suffix) for suffix in cfg.no_decay_names)
+
+
+def build_param_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig
+) -> list[dict]:
+    """Split trainable parameters into (lr group) x (decay, no decay) groups.
+
+    A parameter belongs to the first `cfg.group_lr` prefix it starts with (longest prefix first);
+    others use `cfg.lr`. Frozen parameters (requires_grad False, e.g. momentum encoders) are skipped.
+    Each group carries a `name` (for logs) and its own `lr`.
+    """
+    prefixes = sorted(cfg.group_lr, key=len, reverse=True)
+    groups: dict[tuple[str, bool], dict] = {}
+    for name, param in named_params:
+        if not param.requires_grad:
+            continue
+        prefix = next((p for p in prefixes if name.startswith(p)), "")
+        lr = cfg.group_lr[prefix] if prefix else cfg.lr
+        no_decay = _no_decay(name, param, cfg)
+        key = (prefix, no_decay)
+        if key not in groups:
+            groups[key] = {
+                "name": f"{prefix or 'default'}{'/no_decay' if no_decay else ''}",
+                "params": [],
+                "param_names": [],
+                "lr": lr,
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            }
+        groups[key]["params"].append(param)
+        groups[key]["param_names"].append(name)
+    unused = [p for p in prefixes if not any(k[0] == p for k in groups)]
+    if unused:
+        raise ValueError(f"optim.group_lr prefixes match no trainable parameter: {unused}")
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module | Iterable[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The configured torch optimizer over `model`'s parameter groups (or explicit groups)."""
+    groups = build_param_groups(model.named_parameters(), cfg) if isinstance(model, nn.Module) else list(model)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def warmup_cosine_factor(t: int, total: int, warmup: int, start_ratio: float, end_ratio: float) -> float:
+    """Multiplier of the peak lr at schedule position t: linear warm-up, then cosine to `end_ratio`."""
+    if warmup > 0 and t < warmup:
+        return start_ratio + (1.0 - start_ratio) * t / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (t - warmup) / span)
+    return end_ratio + 0.5 * (1.0 - end_ratio) * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_length(cfg: ScheduleConfig, epochs: int, iters_per_epoch: int) -> tuple[int, int]:
+    """(total, warm-up) length in scheduler ticks (steps or epochs, per `cfg.interval`)."""
+    if cfg.interval == "step":
+        total = epochs * iters_per_epoch
+        warmup = cfg.warmup * iters_per_epoch if cfg.warmup_unit == "epochs" else cfg.warmup
+    else:
+        if cfg.warmup_unit == "steps" and cfg.warmup:
+            raise ValueError("schedule.interval 'epoch' needs warmup_unit 'epochs'")
+        total, warmup = epochs, cfg.warmup
+    return total, warmup
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, base_lr: float, epochs: int, iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """LR scheduler ticked by the trainer every step (`interval: step`) or every epoch.
+
+    Warm-up and floor are given as absolute rates for the base lr; groups with their own lr scale by
+    the same factor.
+    """
+    if cfg.name == "step":
+        if cfg.interval != "epoch":
+            raise ValueError("schedule 'step' decays per epoch: set schedule.interval to 'epoch'")
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
+    total, warmup = schedule_length(cfg, epochs, iters_per_epoch)
+    start, end = cfg.warmup_lr / base_lr, cfg.min_lr / base_lr
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: warmup_cosine_factor(t, total, warmup, start, end)
+    )

@@ -1,0 +1,68 @@
+"""Start-up shared by every entry point: arguments, process group, logging, seeds, output folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from engine.config import ConfigError, dump_config
+from engine.distributed import DistInfo, init_distributed
+from engine.errors import DataError
+from engine.logger import get_logger, setup_logging
+from engine.sections import RuntimeConfig
+from engine.seeding import seed_everything
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by the FINE entry points (published names kept)."""
+    parser.add_argument("--output_dir", "--output-dir", dest="output_dir", default=None,
+                        help="folder for logs, checkpoints and results (overrides the config)")
+    parser.add_argument("--checkpoint", "--pre_point", dest="checkpoint", default=None,
+                        help="weights to start from (ours or a published checkpoint)")
+    parser.add_argument("--resume", default=None,
+                        help="continue exactly from a checkpoint_last.pth written by this framework")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate only, no training")
+    # torch.distributed.launch without --use_env passes this; the rank is read from the environment.
+    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
+                        help=argparse.SUPPRESS)
+
+
+def start_run(runtime: RuntimeConfig, output_dir: str | Path, config: object | None = None) -> DistInfo:
+    """Initialise distribution, logging (rank 0 to `output_dir/log.txt`), seeds; save the resolved config."""
+    info = init_distributed(runtime.device, runtime.dist_backend)
+    output_dir = Path(output_dir)
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(output_dir, info.rank)
+    seed_everything(runtime.seed, info.rank)
+    if runtime.deterministic:
+        torch.use_deterministic_algorithms(True)
+    elif info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if info.is_main and config is not None:
+        dump_config(config, output_dir / "config.yaml")
+    get_logger().info("rank %d/%d on %s (backend %s); output in %s", info.rank, info.world_size, info.device,
+                      info.backend or "none", output_dir)
+    return info
+
+
+def run_main(main: Callable[[list[str] | None], int]) -> None:
+    """Run an entry point's `main`, turning bad-input errors into one clear line and exit status 2.
+
+    Set FASHIONFINE_TRACEBACK=1 to see the full traceback instead.
+    """
+    try:
+        code = main(None)
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        if os.environ.get("FASHIONFINE_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

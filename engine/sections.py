@@ -1,0 +1,87 @@
+"""Config sections shared by every entry point: training loop, optimizer, schedule, runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from engine.config import field
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer: AdamW/Adam/SGD over weight-decay and no-decay parameter groups."""
+
+    name: Literal["adamw", "adam", "sgd"] = field("adamw", "torch optimizer")
+    lr: float = field(1e-4, "base learning rate (peak of the schedule)")
+    weight_decay: float = field(0.0, "decay for weights; biases, norms and 1-D parameters get 0")
+    betas: tuple[float, float] = field((0.9, 0.999), "Adam(W) betas")
+    eps: float = field(1e-8, "Adam(W) epsilon")
+    momentum: float = field(0.9, "SGD momentum")
+    decay_scalars: bool = field(False, "true: 0-dim parameters (e.g. temp) are decayed, as published (D14)")
+    no_decay_names: list[str] = field([], "extra parameter-name suffixes excluded from weight decay")
+    group_lr: dict[str, float] = field({}, "parameter-name prefix -> learning rate of its own group")
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: cosine with linear warm-up, step decay, or constant."""
+
+    name: Literal["cosine", "step", "constant"] = field("cosine", "schedule family")
+    interval: Literal["step", "epoch"] = field("step", "update the lr every optimizer step or every epoch")
+    warmup: int = field(0, "warm-up length, in units of warmup_unit")
+    warmup_unit: Literal["steps", "epochs"] = field("steps", "unit of `warmup`")
+    warmup_lr: float = field(0.0, "learning rate at the start of the warm-up")
+    min_lr: float = field(0.0, "cosine floor")
+    step_size: int = field(1, "step schedule: epochs between decays")
+    gamma: float = field(0.1, "step schedule: decay factor")
+
+    def validate(self) -> None:
+        if self.warmup < 0:
+            raise ValueError("schedule.warmup must be >= 0")
+        if self.name == "step" and self.step_size < 1:
+            raise ValueError("schedule.step_size must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """The shared training loop."""
+
+    epochs: int = field(1, "number of epochs")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        "auto", "auto = bf16 autocast on GPUs that support it, fp32 elsewhere")
+    clip_grad_norm: float | None = field(None, "max global gradient norm; null = no clipping")
+    log_every: int = field(50, "iterations between log lines")
+    checkpoint_every: int = field(0, "also write checkpoint_last.pth every N steps (0 = epoch ends only)")
+    keep_epoch_checkpoints: bool = field(False, "keep checkpoint_epoch{e}.pth for every epoch")
+    eval_every: int = field(1, "evaluate every N epochs (0 = never during training)")
+    select_metric: str | None = field(None, "metric that selects checkpoint_best.pth")
+    select_mode: Literal["max", "min"] = field("max", "whether a higher or lower select_metric is better")
+    patience: int | None = field(None, "stop after this many evaluations without improvement")
+    stop_after_steps: int | None = field(None, "write a checkpoint and stop after this many steps (testing)")
+    find_unused_parameters: bool = field(False, "DDP find_unused_parameters")
+    progress_bar: bool = field(True, "tqdm progress bar on rank 0")
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ValueError("train.epochs must be >= 1")
+        if self.log_every < 1:
+            raise ValueError("train.log_every must be >= 1")
+
+
+@dataclass
+class RuntimeConfig:
+    """Devices, processes, seeds and data loading."""
+
+    device: Literal["auto", "cpu", "cuda"] = field("auto", "auto = CUDA when available")
+    dist_backend: Literal["auto", "nccl", "gloo"] = field("auto", "auto = NCCL on GPU, gloo on CPU")
+    seed: int = field(66, "base seed; each rank and item derives its own")
+    num_workers: int = field(4, "DataLoader worker processes per rank")
+    pin_memory: bool = field(True, "pin host memory for GPU transfers")
+    deterministic: bool = field(False, "torch deterministic algorithms (slower; for bit-exact checks)")
