@@ -77,12 +77,14 @@ class Trainer:
         loss_weights: dict[str, float] | None = None,
         evaluate: Evaluator | None = None,
         config_dict: dict | None = None,
+        checkpoint_names: tuple[str, str] = (LAST, BEST),
     ) -> None:
         self.cfg, self.dist, self.output_dir = cfg, dist_info, Path(output_dir)
         self.loader, self.optimizer, self.scheduler = loader, optimizer, scheduler
         self.schedule_interval, self.evaluate_fn = schedule_interval, evaluate
         self.loss_weights = dict(loss_weights or {})
         self.config_dict = config_dict or {}
+        self.last_name, self.best_name = checkpoint_names
         self.precision = resolve_precision(cfg.precision, dist_info.device)
         self.scaler = make_grad_scaler(self.precision, dist_info.device)
         self.model = self._wrap(model.to(dist_info.device))
@@ -202,7 +204,7 @@ class Trainer:
                                {"kind": "train", "epoch": self.epoch, "iter": self.iter_in_epoch,
                                 "step": self.global_step, **logged})
                 if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
-                    self.save(LAST)
+                    self.save(self.last_name)
                 if self.cfg.stop_after_steps is not None and self.global_step >= self.cfg.stop_after_steps:
                     interrupted = True
                     break
@@ -210,9 +212,9 @@ class Trainer:
             if interrupted:
                 if self.iter_in_epoch == iters:
                     self._end_epoch(meters)
-                self.save(LAST)
+                self.save(self.last_name)
                 self.log.info("stopped after %d steps (train.stop_after_steps); resume with --resume %s",
-                              self.global_step, self.output_dir / LAST)
+                              self.global_step, self.output_dir / self.last_name)
                 break
             stopped_early = self._end_epoch(meters)
         return FitResult(self.last_metrics, self.best["metric"], self.best["epoch"], self.global_step,
@@ -237,9 +239,9 @@ class Trainer:
                           "  ".join(f"{k} {v:.4f}" for k, v in self.last_metrics.items()))
             self.jsonl.write({"kind": "eval", "epoch": epoch, "step": self.global_step, **self.last_metrics})
             is_best, stop = self._select(epoch)
-        self.save(LAST)
+        self.save(self.last_name)
         if is_best:
-            self.save(BEST)
+            self.save(self.best_name)
         if self.cfg.keep_epoch_checkpoints:
             self.save(f"checkpoint_epoch{epoch}.pth")
         return stop
