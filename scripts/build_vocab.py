@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.fashiongen_meta import SIGN_TOKENS  # noqa: E402
+from datasets.pretrain_text import ATTRIBUTES, DESCRIPTION_KEY, attribute_value  # noqa: E402
 from datasets.text import CMR_PREFIX, TGIR_PREFIX, VOCAB_FILENAME, check_sign_ids, pre_caption, read_vocab  # noqa: E402
 
 SPECIAL_TOKENS = ["[PAD]", *SIGN_TOKENS, "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -37,28 +38,30 @@ TEMPLATE_PHRASES = [
 
 
 def iter_fashiongen_texts(folder: Path) -> Iterator[str]:
-    """Descriptions and attribute strings of every FashionGen HDF5 file in `folder`."""
+    """Cleaned descriptions and the attribute values as the pretraining phrases write them."""
     import h5py
 
     for path in sorted(folder.glob("fashiongen_256_256_*.h5")):
         with h5py.File(path, "r") as f:
-            for key in ("input_description", "input_name", "input_category", "input_subcategory",
-                        "input_composition", "input_gender"):
+            if DESCRIPTION_KEY in f:
+                for value in f[DESCRIPTION_KEY][:, 0]:
+                    yield pre_caption(value.decode("latin-1"))
+            for key, _ in ATTRIBUTES:
                 if key in f:
                     for value in f[key][:, 0]:
-                        yield value.decode("latin-1")
+                        yield attribute_value(key, value.decode("latin-1"))
 
 
 def iter_fashioniq_texts(folder: Path) -> Iterator[str]:
-    """Relative captions of every FashionIQ caption file under `folder/captions`."""
+    """Cleaned relative captions of every FashionIQ caption file under `folder/captions`."""
     for path in sorted((folder / "captions").glob("cap.*.json")):
         for triplet in json.loads(path.read_text(encoding="utf-8")):
-            yield from triplet.get("captions", [])
+            yield from (pre_caption(c) for c in triplet.get("captions", []))
 
 
 def collect_texts(data_root: Path) -> list[str]:
     """Cleaned texts found anywhere under `data_root` (FashionGen .h5 files and FashionIQ caption folders)."""
-    texts = list(TEMPLATE_PHRASES)
+    texts = [pre_caption(t) for t in TEMPLATE_PHRASES]
     folders = {p.parent for p in data_root.rglob("fashiongen_256_256_*.h5")}
     for folder in sorted(folders):
         texts.extend(iter_fashiongen_texts(folder))
@@ -69,7 +72,7 @@ def collect_texts(data_root: Path) -> list[str]:
             f"no FashionGen .h5 or FashionIQ caption files under {data_root}; "
             f"create them with `python -m datasets.synthetic all --out {data_root}`"
         )
-    return [pre_caption(t) for t in texts]
+    return texts
 
 
 def train_wordpiece(texts: list[str], vocab_size: int) -> list[str]:
