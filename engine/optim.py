@@ -72,6 +72,22 @@ def warmup_cosine_factor(t: int, total: int, warmup: int, start_ratio: float, en
     return end_ratio + 0.5 * (1.0 - end_ratio) * (1.0 + math.cos(math.pi * progress))
 
 
+def albef_cosine_factor(t: int, iters_per_epoch: int, epochs: int, warmup_stages: int, start_ratio: float,
+                        end_ratio: float, stage_iters: int = 100) -> float:
+    """The published schedule as the scripts run it (timm CosineLRScheduler stepped by hand).
+
+    Epoch 0: warm-up in `warmup_stages` stages of `stage_iters` iterations each, from `start_ratio` up to
+    1; then the peak. Epoch k >= 1: `end + (1 - end)/2 * (1 + cos(pi k / epochs))`, constant within the epoch.
+    """
+    epoch, i = divmod(t, iters_per_epoch)
+    if epoch == 0:
+        stage = i // stage_iters
+        if stage < warmup_stages:
+            return start_ratio + stage * (1.0 - start_ratio) / warmup_stages
+        return 1.0
+    return end_ratio + 0.5 * (1.0 - end_ratio) * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+
 def schedule_length(cfg: ScheduleConfig, epochs: int, iters_per_epoch: int) -> tuple[int, int]:
     """(total, warm-up) length in scheduler ticks (steps or epochs, per `cfg.interval`)."""
     if cfg.interval == "step":
@@ -98,8 +114,13 @@ def build_scheduler(
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
-    total, warmup = schedule_length(cfg, epochs, iters_per_epoch)
     start, end = cfg.warmup_lr / base_lr, cfg.min_lr / base_lr
+    if cfg.name == "albef_cosine":
+        if cfg.interval != "step":
+            raise ValueError("schedule 'albef_cosine' is ticked every step: set schedule.interval to 'step'")
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda t: albef_cosine_factor(t, iters_per_epoch, epochs, cfg.warmup, start, end))
+    total, warmup = schedule_length(cfg, epochs, iters_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: warmup_cosine_factor(t, total, warmup, start, end)
     )

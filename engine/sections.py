@@ -33,7 +33,8 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning-rate schedule: cosine with linear warm-up, step decay, or constant."""
 
-    name: Literal["cosine", "step", "constant"] = field("cosine", "schedule family")
+    name: Literal["cosine", "albef_cosine", "step", "constant"] = field(
+        "cosine", "schedule family; albef_cosine = the published ALBEF/timm schedule (see engine/optim.py)")
     interval: Literal["step", "epoch"] = field("step", "update the lr every optimizer step or every epoch")
     warmup: int = field(0, "warm-up length, in units of warmup_unit")
     warmup_unit: Literal["steps", "epochs"] = field("steps", "unit of `warmup`")

@@ -112,3 +112,16 @@ def test_schedule_config_from_yaml_rejects_bad_combo(tmp_path):
     cfg = load_config(ScheduleConfig, [], ["name=step", "interval=step"])
     with pytest.raises(ValueError, match="decays per epoch"):
         build_scheduler(opt, cfg, 1e-4, 1, 1)
+
+
+def test_albef_cosine_reproduces_the_published_schedule():
+    opt = build_optimizer(Net(), OptimConfig(lr=6e-5))
+    cfg = ScheduleConfig(name="albef_cosine", warmup=5, warmup_lr=1e-5, min_lr=1e-5)
+    sched = build_scheduler(opt, cfg, base_lr=6e-5, epochs=10, iters_per_epoch=1000)
+    lrs = lrs_over(sched, opt, 4000)
+    assert lrs[0] == pytest.approx(1e-5) and lrs[99] == pytest.approx(1e-5)
+    assert lrs[100] == pytest.approx(2e-5) and lrs[499] == pytest.approx(5e-5)
+    assert lrs[500] == pytest.approx(6e-5) and lrs[999] == pytest.approx(6e-5)
+    for epoch in (1, 2, 3):
+        expected = 1e-5 + 0.5 * 5e-5 * (1 + math.cos(math.pi * epoch / 10))
+        assert lrs[1000 * epoch] == pytest.approx(expected) and lrs[1000 * epoch + 999] == pytest.approx(expected)
