@@ -1,0 +1,188 @@
+"""The dual encoder shared by the Fashion-FINE pretraining and retrieval models: encoders, projections,
+momentum copies, queues, global/local features and the focal contrastive loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine import distributed as du
+from models.bert import BertModel
+from models.fine_config import CompatConfig, FineModelConfig, LossConfig
+from models.fine_local import attention_pool, init_attention_pool, mix
+from models.losses import distilled_targets, focal_soft_cross_entropy, matching_loss, sample_hard_negatives
+from models.momentum import add_momentum_copies, momentum_update, random_unit_queue, write_queue
+from models.vit import VisionEncoder
+
+MOMENTUM_MODULES = ["visual_encoder", "vision_proj", "combine_vision_proj",
+                    "text_encoder", "text_proj", "combine_text_proj"]
+
+
+class FineDualEncoder(nn.Module):
+    """ViT + BERT with two-stage projections, attention pooling, momentum encoders and feature queues.
+
+    Attribute names are the published state-dict names.
+    """
+
+    def __init__(self, cfg: FineModelConfig, loss: LossConfig, compat: CompatConfig, vocab_size: int,
+                 sep_token_id: int, *, itm_head: bool = True, local_pooling: bool = True,
+                 text_queue: bool = True) -> None:
+        super().__init__()
+        self.cfg, self.loss_cfg, self.compat = cfg, loss, compat
+        self.sep_token_id = sep_token_id
+        width, embed = cfg.vision.width, cfg.embed_dim
+        self.visual_encoder = VisionEncoder(cfg.vision)
+        self.text_encoder = BertModel(vocab_size, cfg.text, image_width=width)
+        self.vision_proj = nn.Linear(width, embed)
+        self.text_proj = nn.Linear(cfg.text.hidden, embed)
+        self.combine_vision_proj = nn.Linear(embed, embed)
+        self.combine_text_proj = nn.Linear(embed, embed)
+        self.temp = nn.Parameter(torch.tensor(cfg.temp_init))
+        if itm_head:
+            self.itm_head = nn.Linear(cfg.text.hidden, 2)
+        if local_pooling:
+            self.W_v, self.att_layer_v = init_attention_pool(width)
+        self.momentum_pairs = add_momentum_copies(self, MOMENTUM_MODULES)
+        if text_queue:  # the TGIR model keeps an image queue and a fused-query queue instead
+            self.register_buffer("image_queue", random_unit_queue(embed, cfg.queue_size))
+            self.register_buffer("text_queue", random_unit_queue(embed, cfg.queue_size))
+            self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    # ------------------------------------------------------------------ features
+    def project_image(self, x: torch.Tensor, momentum: bool = False) -> torch.Tensor:
+        """`norm(combine_vision_proj(vision_proj(x)))` (or the momentum pair)."""
+        if momentum:
+            return F.normalize(self.combine_vision_proj_m(self.vision_proj_m(x)).float(), dim=-1)
+        return F.normalize(self.combine_vision_proj(self.vision_proj(x)).float(), dim=-1)
+
+    def project_text(self, x: torch.Tensor, momentum: bool = False) -> torch.Tensor:
+        """`norm(combine_text_proj(text_proj(x)))` (or the momentum pair)."""
+        if momentum:
+            return F.normalize(self.combine_text_proj_m(self.text_proj_m(x)).float(), dim=-1)
+        return F.normalize(self.combine_text_proj(self.text_proj(x)).float(), dim=-1)
+
+    def word_range(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   has_sign: bool) -> tuple[int, torch.Tensor | None]:
+        """First word position and the word mask for local pooling.
+
+        compat (D5/D6): words from position 2 whatever the text, every position counts.
+        fixed: right after `[CLS]` (and the sign when present); padding and `[SEP]` masked.
+        """
+        if self.compat.is_compat("text_layout"):
+            start = 2
+        else:
+            start = 2 if has_sign else 1
+        if self.compat.is_compat("local_pool_mask"):
+            return start, None
+        ids, mask = input_ids[:, start:], attention_mask[:, start:]
+        return start, mask.bool() & (ids != self.sep_token_id)
+
+    def image_feature(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mixed global/local image feature from ViT tokens `(B, 1 + P, D)`."""
+        global_feat = self.project_image(tokens[:, 0])
+        local_feat = self.project_image(attention_pool(tokens[:, 1:], self.W_v, self.att_layer_v))
+        return mix(global_feat, local_feat, self.cfg.mix.img_local_ratio)
+
+    def text_feature(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     has_sign: bool) -> torch.Tensor:
+        """Mixed global/local text feature from text-mode BERT states `(B, T, D)`."""
+        start, word_mask = self.word_range(input_ids, attention_mask, has_sign)
+        global_feat = self.project_text(hidden[:, 0])
+        local_feat = self.project_text(attention_pool(hidden[:, start:], self.W_v, self.att_layer_v, word_mask))
+        return mix(global_feat, local_feat, self.cfg.mix.txt_local_ratio)
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Evaluation embedding of images (unit vectors, fp32)."""
+        return self.image_feature(self.visual_encoder(image))
+
+    @torch.no_grad()
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, has_sign: bool = False) -> torch.Tensor:
+        """Evaluation embedding of texts (unit vectors, fp32)."""
+        hidden = self.text_encoder.text(input_ids, attention_mask)
+        return self.text_feature(hidden, input_ids, attention_mask, has_sign)
+
+    @torch.no_grad()
+    def momentum_features(self, image: torch.Tensor, input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Momentum image/text features: global CLS only (published), mixed with `momentum_local_mix` (O2)."""
+        image_tokens = self.visual_encoder_m(image)
+        hidden = self.text_encoder_m.text(input_ids, attention_mask)
+        img = self.project_image(image_tokens[:, 0], momentum=True)
+        txt = self.project_text(hidden[:, 0], momentum=True)
+        if self.compat.momentum_local_mix:
+            img = mix(img, self.project_image(attention_pool(image_tokens[:, 1:], self.W_v, self.att_layer_v),
+                                              momentum=True), self.cfg.mix.img_local_ratio)
+            txt = mix(txt, self.project_text(attention_pool(hidden[:, 1:], self.W_v, self.att_layer_v,
+                                                            attention_mask[:, 1:]), momentum=True),
+                      self.cfg.mix.txt_local_ratio)
+        return img, txt
+
+    # ------------------------------------------------------------------ training helpers
+    @torch.no_grad()
+    def clamp_temp(self) -> None:
+        self.temp.clamp_(0.001, 0.5)
+
+    def distill_alpha(self, ctx) -> float:
+        """Distillation weight, ramped linearly over epoch 0 when `distill_warmup` is on."""
+        alpha = self.loss_cfg.distill_alpha
+        if self.loss_cfg.distill_warmup and ctx is not None and ctx.epoch == 0:
+            alpha *= min(1.0, ctx.epoch_fraction)
+        return alpha
+
+    @torch.no_grad()
+    def update_momentum(self) -> None:
+        momentum_update(self.momentum_pairs, self.cfg.momentum)
+
+    def contrastive_loss(self, img_feat: torch.Tensor, txt_feat: torch.Tensor, img_m: torch.Tensor,
+                         txt_m: torch.Tensor, targets: torch.Tensor,
+                         alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Focal ITC with momentum distillation against `[batch momentum features | queue]`.
+
+        Returns the loss and the online similarity matrices (i2t, t2i) of shape `(B, B + Q)`.
+        """
+        temp = self.temp
+        with torch.no_grad():
+            img_bank = torch.cat([img_m.T, self.image_queue.clone()], dim=1)
+            txt_bank = torch.cat([txt_m.T, self.text_queue.clone()], dim=1)
+            q_i2t = distilled_targets(img_m @ txt_bank / temp, targets, alpha)
+            q_t2i = distilled_targets(txt_m @ img_bank / temp, targets, alpha)
+        sim_i2t = img_feat @ txt_bank / temp
+        sim_t2i = txt_feat @ img_bank / temp
+        focal = self.loss_cfg.focal
+        loss = (focal_soft_cross_entropy(sim_i2t, q_i2t, focal.alpha, focal.gamma)
+                + focal_soft_cross_entropy(sim_t2i, q_t2i, focal.alpha, focal.gamma)) / 2
+        return loss, sim_i2t, sim_t2i
+
+    @torch.no_grad()
+    def enqueue_features(self, img_m: torch.Tensor, txt_m: torch.Tensor, idx: torch.Tensor | None = None) -> None:
+        """Gather this step's momentum features (and labels) over ranks and write them into the queues."""
+        start = int(self.queue_ptr.item())
+        write_queue(self.image_queue, start, du.all_gather_nograd(img_m))
+        nxt = write_queue(self.text_queue, start, du.all_gather_nograd(txt_m))
+        if idx is not None:
+            write_queue(self.idx_queue, start, du.all_gather_nograd(idx).view(-1, 1))
+        self.queue_ptr[0] = nxt
+
+    def matching_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                        image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fusion states of the pairs and `itm_head` logits of their CLS."""
+        fused = self.text_encoder.fusion(hidden, attention_mask, image_tokens)
+        return fused, self.itm_head(fused[:, 0])
+
+    def image_text_matching(self, hidden: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor,
+                            sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
+                            idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ITM over the positive pairs and one hard negative per image and per text, drawn from the
+        in-batch similarities; returns (positive fused states, loss)."""
+        b = hidden.shape[0]
+        with torch.no_grad():
+            same = None if self.compat.is_compat("itm_negative_mask") else idx.view(-1, 1) == idx.view(1, -1)
+            neg_image = sample_hard_negatives(sim_t2i[:, :b], same)  # a negative image for each text
+            neg_text = sample_hard_negatives(sim_i2t[:, :b], same)  # a negative text for each image
+        fused_pos, logits_pos = self.matching_logits(hidden, mask, image_tokens)
+        _, logits_neg = self.matching_logits(torch.cat([hidden, hidden[neg_text]]),
+                                             torch.cat([mask, mask[neg_text]]),
+                                             torch.cat([image_tokens[neg_image], image_tokens]))
+        return fused_pos, matching_loss(torch.cat([logits_pos, logits_neg]), b)

@@ -1,0 +1,82 @@
+"""Losses of the Fashion-FINE models: focal contrastive with momentum distillation, hard-negative matching,
+masked-token and replaced-token prediction, and the symbol loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def positive_targets(idx: torch.Tensor, idx_bank: torch.Tensor) -> torch.Tensor:
+    """`y_ij = 1[idx_i == bank_j] / #positives_i` (B, K): uniform over every same-label column."""
+    pos = (idx.view(-1, 1) == idx_bank.view(1, -1)).float()
+    return pos / pos.sum(dim=1, keepdim=True)
+
+
+def diagonal_targets(batch: int, columns: int, device: torch.device) -> torch.Tensor:
+    """One-hot on column i for row i (the published fine-tuning target)."""
+    y = torch.zeros(batch, columns, device=device)
+    y[torch.arange(batch, device=device), torch.arange(batch, device=device)] = 1.0
+    return y
+
+
+def distilled_targets(momentum_logits: torch.Tensor, hard: torch.Tensor, alpha: float) -> torch.Tensor:
+    """`alpha * softmax(momentum logits) + (1 - alpha) * hard targets`."""
+    return alpha * momentum_logits.float().softmax(dim=1) + (1.0 - alpha) * hard
+
+
+def focal_soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0,
+                             gamma: float = 0.0) -> torch.Tensor:
+    """`mean_i [-sum_j alpha * (1 - p_ij)^gamma * log p_ij * q_ij]`, p = softmax(logits).
+
+    The focal factor keeps its gradient (as published); alpha=1, gamma=0 is plain soft cross entropy.
+    """
+    log_p = F.log_softmax(logits.float(), dim=1)
+    weight = alpha * (1.0 - log_p.exp()).pow(gamma) if gamma else alpha
+    return -(weight * log_p * targets).sum(dim=1).mean()
+
+
+def symbol_loss(symbol_feat: torch.Tensor, image_feat: torch.Tensor) -> torch.Tensor:
+    """`mean_i (1 - cos(symbol_i, image_i)) / 2` for unit vectors."""
+    return ((1.0 - (symbol_feat.float() * image_feat.float()).sum(dim=-1)) / 2.0).mean()
+
+
+def hard_negative_weights(sim: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
+    """Sampling weights over in-batch candidates: softmax of the similarities with the diagonal excluded
+    (and, when `same` is given, every same-product pair excluded); a row with no admissible candidate
+    falls back to uniform over the other columns."""
+    b = sim.shape[0]
+    eye = torch.eye(b, dtype=torch.bool, device=sim.device)
+    banned = eye if same is None else (eye | same)
+    weights = sim.float().masked_fill(banned, float("-inf")).softmax(dim=1)
+    empty = banned.all(dim=1)
+    if empty.any():
+        fallback = (~eye).float() / max(1, b - 1)
+        weights = torch.where(empty[:, None], fallback, weights)
+    return torch.nan_to_num(weights, nan=0.0)
+
+
+def sample_hard_negatives(sim: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
+    """One negative column per row, drawn from `hard_negative_weights` in a single batched multinomial."""
+    return torch.multinomial(hard_negative_weights(sim, same), 1).squeeze(1)
+
+
+def matching_loss(logits: torch.Tensor, num_pos: int) -> torch.Tensor:
+    """Cross entropy of `(num_pos + num_neg, 2)` match logits: first `num_pos` rows positive."""
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    labels[:num_pos] = 1
+    return F.cross_entropy(logits.float(), labels)
+
+
+def token_prediction_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of `head(hidden)` over positions whose label is not -100, averaged over them.
+
+    Only the labelled positions go through the head: identical to the full-sequence loss with
+    `ignore_index=-100`, without materialising `(B, T, vocab)` logits.
+    """
+    keep = labels != -100
+    if not keep.any():
+        return hidden.sum() * 0.0
+    logits = head(hidden[keep])
+    return F.cross_entropy(logits.float(), labels[keep])

@@ -1,0 +1,80 @@
+"""ViT image encoder (timm, DeiT/ALBEF parameter names) with pos-embed interpolation and block checkpointing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from engine.config import field
+
+
+@dataclass
+class VisionConfig:
+    """ViT sizes; the defaults are ViT-B/16."""
+
+    image_res: int = field(256, "input resolution (256 ALBEF variant, 384 BLIP variant)")
+    patch_size: int = field(16, "patch side in pixels")
+    width: int = field(768, "token width")
+    depth: int = field(12, "transformer blocks")
+    heads: int = field(12, "attention heads")
+    mlp_ratio: float = field(4.0, "MLP hidden = mlp_ratio * width")
+    drop_path: float = field(0.0, "stochastic depth rate")
+    grad_ckpt_layers: int = field(0, "activation checkpointing on the last N blocks during training")
+
+    def validate(self) -> None:
+        if self.image_res % self.patch_size:
+            raise ValueError(f"image_res {self.image_res} is not a multiple of patch_size {self.patch_size}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+
+
+class VisionEncoder(VisionTransformer):
+    """timm's VisionTransformer returning all tokens `(B, 1 + P, width)` after the final LayerNorm."""
+
+    def __init__(self, cfg: VisionConfig, device: torch.device | str | None = None) -> None:
+        super().__init__(
+            img_size=cfg.image_res, patch_size=cfg.patch_size, embed_dim=cfg.width, depth=cfg.depth,
+            num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True, num_classes=0, global_pool="",
+            drop_path_rate=cfg.drop_path, norm_layer=partial(nn.LayerNorm, eps=1e-6), device=device,
+        )
+        self.grad_ckpt_layers = cfg.grad_ckpt_layers
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = self.patch_embed(x)
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        x = self.norm_pre(x)
+        first_ckpt = len(self.blocks) - self.grad_ckpt_layers
+        for i, block in enumerate(self.blocks):
+            if self.training and i >= first_ckpt and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.forward_features(x)
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, num_patches: int, num_extra_tokens: int = 1) -> torch.Tensor:
+    """Resize a `(1, extra + s_old^2, D)` position embedding to `s_new^2 = num_patches` grid rows (bicubic).
+
+    The extra (CLS) rows are kept unchanged; returns the input when the grids already match.
+    """
+    extra, grid = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
+    old, new = int(round(grid.shape[1] ** 0.5)), int(round(num_patches**0.5))
+    if old * old != grid.shape[1] or new * new != num_patches:
+        raise ValueError(f"position embedding grid is not square: {grid.shape[1]} -> {num_patches} rows")
+    if old == new:
+        return pos_embed
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(pos_embed.dtype)
+    return torch.cat([extra, grid], dim=1)
