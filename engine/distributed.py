@@ -169,3 +169,11 @@ def all_gather_object(obj: object) -> list:
     out: list = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy `src`'s buffers (e.g. BatchNorm running statistics) to every rank; no-op without a process group."""
+    if not is_dist():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=src)

@@ -1,0 +1,131 @@
+"""Attribute-conditioned MAP (asenpp.md §5), vectorised and chunked over queries on the device.
+
+For each query, all candidates of the query's attribute are sorted by decreasing score; ties are broken
+by ascending candidate position (a stable sort). A candidate is relevant iff it has the query's value.
+AP = (1/R) * sum over relevant ranks j of (relevant in ranks 1..j) / j, and AP = 0 when R = 0.
+MAP_k is the mean AP of attribute k's queries; the total is query-weighted (the mean AP over all
+queries), and the unweighted attribute mean is reported as a secondary number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 24  # scores ranked at once per chunk on GPU
+CPU_CHUNK_ELEMENTS = 1 << 22  # smaller blocks stay in cache on CPU
+
+
+def average_precision(
+    query: torch.Tensor | None = None,
+    candidates: torch.Tensor | None = None,
+    query_labels: torch.Tensor | None = None,
+    candidate_labels: torch.Tensor | None = None,
+    *,
+    scores: torch.Tensor | None = None,
+    chunk_queries: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """AP of every query against all candidates; returns a (Q,) float64 tensor on `device`.
+
+    Scores are `query @ candidates.T` in float32 (computed per chunk) or rows of a precomputed (Q, C)
+    `scores` matrix. Labels are integer class ids; a candidate is relevant iff its label equals the query's.
+    """
+    if (scores is None) == (query is None or candidates is None):
+        raise ValueError("give either query and candidate embeddings, or a precomputed score matrix")
+    if query_labels is None or candidate_labels is None:
+        raise ValueError("query_labels and candidate_labels are required")
+    if scores is not None:
+        num_q, num_c = scores.shape
+        dev = torch.device(device) if device is not None else scores.device
+    else:
+        if query.shape[1] != candidates.shape[1]:
+            raise ValueError(f"embedding widths differ: {tuple(query.shape)} vs {tuple(candidates.shape)}")
+        num_q, num_c = query.shape[0], candidates.shape[0]
+        dev = torch.device(device) if device is not None else candidates.device
+        cand = candidates.to(dev, torch.float32)
+    if query_labels.numel() != num_q or candidate_labels.numel() != num_c:
+        raise ValueError("one label per query and per candidate is required")
+    out = torch.zeros(num_q, dtype=torch.float64, device=dev)
+    if num_q == 0 or num_c == 0:
+        return out
+    # int32 labels and hit counts keep the per-score workspace small (about 30 bytes per ranked score)
+    q_lab = query_labels.to(dev).reshape(-1).to(torch.int32)
+    c_lab = candidate_labels.to(dev).reshape(-1).to(torch.int32)
+    ranks = torch.arange(1, num_c + 1, device=dev, dtype=torch.float64)
+    budget = DEFAULT_CHUNK_ELEMENTS if dev.type == "cuda" else CPU_CHUNK_ELEMENTS
+    step = chunk_queries if chunk_queries > 0 else max(1, budget // num_c)
+    for start in range(0, num_q, step):
+        end = min(num_q, start + step)
+        if scores is not None:
+            block = scores[start:end].to(dev, torch.float32)
+        else:
+            block = query[start:end].to(dev, torch.float32) @ cand.T
+        order = torch.sort(block, dim=1, descending=True, stable=True).indices
+        del block
+        rel = c_lab[order] == q_lab[start:end, None]
+        del order
+        hits = rel.cumsum(dim=1, dtype=torch.int32)
+        total = hits[:, -1].double()
+        precision_sum = (hits / ranks).masked_fill_(~rel, 0).sum(dim=1)  # precision at each relevant rank
+        out[start:end] = torch.where(total > 0, precision_sum / total.clamp(min=1), torch.zeros_like(total))
+    return out
+
+
+@dataclass
+class MapResult:
+    """Per-attribute and overall MAP as fractions in [0, 1]."""
+
+    per_attribute: list[float | None]  # None: no queries for that attribute (excluded from the total)
+    num_queries: list[int]
+    num_candidates: list[int]
+    total: float  # query-weighted (= mean AP over all queries)
+    attribute_mean: float  # unweighted mean over attributes with queries
+    ap: torch.Tensor  # (Q,) float64 CPU, AP of each query in input order
+
+    def as_percent(self) -> dict[str, float | None]:
+        return {
+            "total": 100 * self.total,
+            "attribute_mean": 100 * self.attribute_mean,
+            **{str(k): None if v is None else 100 * v for k, v in enumerate(self.per_attribute)},
+        }
+
+
+def attribute_map(
+    query: torch.Tensor,
+    query_attr: torch.Tensor,
+    query_value: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_attr: torch.Tensor,
+    candidate_value: torch.Tensor,
+    num_attributes: int,
+    *,
+    chunk_queries: int = 0,
+    device: torch.device | str | None = None,
+) -> MapResult:
+    """MAP of attribute-conditioned retrieval: queries rank the candidates of their own attribute."""
+    dev = torch.device(device) if device is not None else query.device
+    q_attr, c_attr = query_attr.to(dev).reshape(-1), candidate_attr.to(dev).reshape(-1)
+    ap = torch.zeros(query.shape[0], dtype=torch.float64, device=dev)
+    per_attr: list[float | None] = []
+    nq, nc = [], []
+    for k in range(num_attributes):
+        qi = (q_attr == k).nonzero().squeeze(1)
+        ci = (c_attr == k).nonzero().squeeze(1)
+        nq.append(int(qi.numel()))
+        nc.append(int(ci.numel()))
+        if qi.numel() == 0:
+            per_attr.append(None)
+            continue
+        qi_src, ci_src = qi.to(query.device), ci.to(candidates.device)
+        ap_k = average_precision(query[qi_src], candidates[ci_src], query_value[qi_src], candidate_value[ci_src],
+                                 chunk_queries=chunk_queries, device=dev)
+        ap[qi] = ap_k
+        per_attr.append(float(ap_k.mean()))
+    counted = [v for v in per_attr if v is not None]
+    if not counted:
+        raise ValueError("no queries for any attribute")
+    weights = torch.tensor([n for n, v in zip(nq, per_attr) if v is not None], dtype=torch.float64)
+    total = float((torch.tensor(counted, dtype=torch.float64) * weights).sum() / weights.sum())
+    return MapResult(per_attr, nq, nc, total, sum(counted) / len(counted), ap.cpu())
