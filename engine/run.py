@@ -40,6 +40,8 @@ def start_run(runtime: RuntimeConfig, output_dir: str | Path, config: object | N
         output_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(output_dir, info.rank)
     seed_everything(runtime.seed, info.rank)
+    if info.device.type == "cpu":
+        torch.set_num_threads(cpu_threads(runtime))
     if runtime.deterministic:
         torch.use_deterministic_algorithms(True)
     elif info.device.type == "cuda":
@@ -51,6 +53,15 @@ def start_run(runtime: RuntimeConfig, output_dir: str | Path, config: object | N
     get_logger().info("rank %d/%d on %s (backend %s); output in %s", info.rank, info.world_size, info.device,
                       info.backend or "none", output_dir)
     return info
+
+
+def cpu_threads(runtime: RuntimeConfig) -> int:
+    """Intra-op threads for a CPU run. More threads than free cores (loader workers and other ranks share
+    them) makes OpenMP spin against itself and can slow training by orders of magnitude."""
+    if runtime.cpu_threads is not None:
+        return max(1, runtime.cpu_threads)
+    per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, per_process - runtime.num_workers)
 
 
 def run_main(main: Callable[[list[str] | None], int]) -> None:

@@ -86,3 +86,5 @@ class RuntimeConfig:
     num_workers: int = field(4, "DataLoader worker processes per rank")
     pin_memory: bool = field(True, "pin host memory for GPU transfers")
     deterministic: bool = field(False, "torch deterministic algorithms (slower; for bit-exact checks)")
+    cpu_threads: int | None = field(
+        None, "intra-op threads on CPU; null = cores per process minus data-loader workers (at least 1)")
