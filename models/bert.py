@@ -8,6 +8,7 @@ Written here rather than taken from transformers: its BertModel only allows cros
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -28,6 +29,7 @@ class TextConfig:
     max_positions: int = field(512, "position embeddings")
     type_vocab: int = field(2, "token type embeddings")
     dropout: float = field(0.1, "hidden and attention dropout")
+    initializer_range: float = field(0.02, "std of the normal init of linear and embedding weights")
     fusion_layer: int = field(6, "first layer with cross-attention (ALBEF); layers below are text-only")
     cross_attention: Literal["fusion", "all"] = field(
         "fusion", "fusion: layers >= fusion_layer cross-attend (ALBEF); all: every layer (BLIP MED)")
@@ -156,7 +158,7 @@ class BertModel(nn.Module):
         self.embeddings = BertEmbeddings(vocab_size, cfg)
         cross = range(cfg.fusion_layer, cfg.layers) if cfg.cross_attention == "fusion" else range(cfg.layers)
         self.encoder = BertEncoder(cfg, cross, image_width)
-        self.apply(init_bert_weights)
+        self.apply(partial(init_bert_weights, std=cfg.initializer_range))
 
     def _run(self, x: torch.Tensor, mask: torch.Tensor | None, layers: range, image: torch.Tensor | None,
              image_mask: torch.Tensor | None) -> torch.Tensor:
@@ -233,10 +235,10 @@ class ReplacedTokenHead(nn.Module):
         return self.predict_layer(self.norm_layer(F.gelu(self.dense_layer(x))))
 
 
-def init_bert_weights(module: nn.Module) -> None:
-    """BERT initialisation: normal(0, 0.02) weights, zero biases, unit LayerNorm."""
+def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT initialisation: normal(0, std) weights, zero biases, unit LayerNorm."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
+        nn.init.normal_(module.weight, std=std)
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()

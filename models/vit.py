@@ -26,6 +26,7 @@ class VisionConfig:
     mlp_ratio: float = field(4.0, "MLP hidden = mlp_ratio * width")
     drop_path: float = field(0.0, "stochastic depth rate")
     grad_ckpt_layers: int = field(0, "activation checkpointing on the last N blocks during training")
+    init_std: float = field(0.02, "std of the trunc-normal init of the blocks' linear weights (timm: 0.02)")
 
     def validate(self) -> None:
         if self.image_res % self.patch_size:
@@ -44,6 +45,10 @@ class VisionEncoder(VisionTransformer):
             drop_path_rate=cfg.drop_path, norm_layer=partial(nn.LayerNorm, eps=1e-6), device=device,
         )
         self.grad_ckpt_layers = cfg.grad_ckpt_layers
+        if cfg.init_std != 0.02:  # small widths need a larger scale than ViT-B's 0.02 to start non-degenerate
+            for module in self.blocks.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.trunc_normal_(module.weight, std=cfg.init_std)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         x = self.patch_embed(x)
