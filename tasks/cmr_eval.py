@@ -1,0 +1,119 @@
+"""FashionGen CMR evaluation inside training and at the end: features once per model, both protocols,
+held-out or test selection, table and JSON report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from datasets.fashiongen import (
+    FashionGenEvalSet,
+    FashionGenSplit,
+    load_or_create_heldout_products,
+    remaining_products,
+)
+from engine import distributed as du
+from engine.data import build_eval_loader
+from engine.logger import get_logger
+from evaluation.cmr import (
+    CMROptions,
+    CMRResult,
+    SampledOptions,
+    SampledSetProvider,
+    evaluate_cmr,
+    format_cmr_table,
+    write_cmr_report,
+)
+from tasks.fine_common import extract
+from tasks.fine_schema import CMREvalConfig, FashionGenDataConfig
+
+TEST_SELECTION_WARNING = "model selection on the test split; numbers are not a clean test estimate"
+
+
+class CMREvaluator:
+    """Embeds one FashionGen evaluation set with a model and scores the configured protocols (rank 0 only)."""
+
+    def __init__(self, eval_set: FashionGenEvalSet, cfg: CMREvalConfig, *, name: str, batch_size: int,
+                 num_workers: int, device: torch.device, precision: str, sets_dir: str | Path) -> None:
+        self.eval_set, self.name, self.device, self.precision = eval_set, name, device, precision
+        sampled = cfg.sampled
+        self.options = CMROptions(protocol=cfg.protocol, sampled=SampledOptions(
+            sets=sampled.sets, seed=sampled.seed, set_len=min(sampled.set_len, eval_set.num_products),
+            neg_len=sampled.neg_len, exclude_positive_from_t2i_pool=sampled.exclude_positive_from_t2i_pool))
+        self.provider = SampledSetProvider(self.options.sampled, directory=sets_dir, name=f"{name}_sampled")
+        self.chunk_size = cfg.chunk_size
+        self.images = build_eval_loader(eval_set.images, batch_size, num_workers)
+        self.texts = build_eval_loader(eval_set.texts, batch_size, num_workers)
+
+    def embed(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text embeddings P x D, image embeddings N x D) on the evaluation device."""
+        model.eval()
+        image_emb = extract(self.images, lambda b: model.encode_image(b["image"]), self.device, self.precision)
+        text_emb = extract(self.texts, lambda b: model.encode_text(b["input_ids"], b["attention_mask"]),
+                           self.device, self.precision)
+        return text_emb, image_emb
+
+    def run(self, model: nn.Module) -> CMRResult:
+        text_emb, image_emb = self.embed(model)
+        return evaluate_cmr(self.eval_set.product_rows, self.eval_set.row_subcategory, text_emb=text_emb,
+                            image_emb=image_emb, options=self.options, sampled_sets=self.provider,
+                            product_ids=self.eval_set.product_ids, device=self.device, chunk_size=self.chunk_size)
+
+    def __call__(self, model: nn.Module, epoch: int | None = None) -> dict[str, float]:
+        """Trainer hook: metrics on rank 0 (other ranks return {} and receive rank 0's by broadcast)."""
+        if not du.is_main_process():
+            return {}
+        if self.name == "test":
+            get_logger().warning(TEST_SELECTION_WARNING)
+        return self.run(model).metrics
+
+
+def split_products(data: FashionGenDataConfig, train: FashionGenSplit,
+                   output_dir: str | Path) -> tuple[list[int] | None, list[int] | None]:
+    """(training products, held-out products) for `select_on: heldout`; (None = all, None) for `test`."""
+    if data.select_on == "test":
+        get_logger().warning(TEST_SELECTION_WARNING)
+        return None, None
+    path = Path(output_dir) / "eval_sets" / "fashiongen_heldout_products.json"
+    heldout = None
+    if du.is_main_process():
+        heldout = load_or_create_heldout_products(path, train.num_products, data.heldout_products,
+                                                  data.heldout_seed, train.product_ids.tolist())
+    heldout = du.broadcast_object(heldout)
+    return remaining_products(train.num_products, heldout), heldout
+
+
+def selection_evaluator(data: FashionGenDataConfig, cfg: CMREvalConfig, tokenizer: Any, image_res: int,
+                        train: FashionGenSplit, test: FashionGenSplit, heldout: list[int] | None,
+                        output_dir: str | Path, num_workers: int, device: torch.device,
+                        precision: str) -> CMREvaluator:
+    """The evaluator that selects checkpoints: held-out train products, or the test split (published)."""
+    split, products, name = (train, heldout, "heldout") if heldout is not None else (test, None, "test")
+    eval_set = FashionGenEvalSet(split, tokenizer, products=products, image_res=image_res,
+                                 max_length=data.max_words)
+    return CMREvaluator(eval_set, cfg, name=name, batch_size=data.eval_batch_size, num_workers=num_workers,
+                        device=device, precision=precision, sets_dir=Path(output_dir) / "eval_sets")
+
+
+def test_evaluator(data: FashionGenDataConfig, cfg: CMREvalConfig, tokenizer: Any, image_res: int,
+                   test: FashionGenSplit, output_dir: str | Path, num_workers: int, device: torch.device,
+                   precision: str) -> CMREvaluator:
+    """The evaluator over the whole FashionGen validation (= test) split."""
+    eval_set = FashionGenEvalSet(test, tokenizer, image_res=image_res, max_length=data.max_words)
+    return CMREvaluator(eval_set, cfg, name="test", batch_size=data.eval_batch_size, num_workers=num_workers,
+                        device=device, precision=precision, sets_dir=Path(output_dir) / "eval_sets")
+
+
+def report_test(evaluator: CMREvaluator, model: nn.Module, output_dir: str | Path, extra: dict) -> dict[str, float]:
+    """Evaluate on the test split once, print the paper's table and write `results_test.json` (rank 0)."""
+    if not du.is_main_process():
+        return {}
+    result = evaluator.run(model)
+    path = write_cmr_report(Path(output_dir) / "results_test.json", result, extra=extra)
+    get_logger().info("FashionGen test split (%d products, %d images):\n%s\nwritten to %s",
+                      evaluator.eval_set.num_products, evaluator.eval_set.num_images,
+                      format_cmr_table(result.metrics), path)
+    return result.metrics
