@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Evaluate a CMR checkpoint on the FashionGen test split: full and sampled protocols, table + JSON.
+#   bash eval_cmr.sh [CHECKPOINT] [--set eval.protocol=full|sampled|both ...]
+# Environment: CONFIG, OUTPUT_DIR, DATA_ROOT, TOKENIZER.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/launch.sh
+CHECKPOINT="${1:-checkpoint_cmr_best_ft.pth}"
+[ $# -gt 0 ] && shift
+common_args ""
+NGPU=1 launch retrieval.py --config "${CONFIG:-configs/retrieval.yaml}" --evaluate \
+  --output_dir "${OUTPUT_DIR:-output/FashionFINE_retrieval_eval}" "${LAUNCH_ARGS[@]}" "$@"

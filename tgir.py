@@ -1,0 +1,27 @@
+"""Fashion-FINE text-guided image retrieval on FashionIQ: fine-tuning (`bash tgir.sh`) and evaluation
+(`bash eval_TGIR.sh CHECKPOINT`, i.e. `--evaluate`).
+
+    python tgir.py --config configs/tgir.yaml --checkpoint FashionFINE_pt/checkpoint_best.pth \
+        --output_dir output/FashionFINE_tgir [--set key=value ...] [--resume OUT/checkpoint_last.pth]
+    python tgir.py --config configs/tgir.yaml --checkpoint checkpoint_tgir_best_ft.pth --evaluate \
+        [--set eval.gallery=triplets|split eval.exclude_reference=true]
+
+Evaluation prints R@1/5/10/50 per category (dress, shirt, toptee) and the averages of R@10 and R@50 the
+paper reports, and writes `results_val.json` with the gallery options used.
+"""
+
+from __future__ import annotations
+
+from engine.run import run_main
+from tasks.fashiongen_run import parse
+from tasks.fine_schema import TGIRConfig
+from tasks.tgir_run import run_tgir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = parse(argv, __doc__, TGIRConfig, "configs/tgir.yaml")
+    return run_tgir(args, cfg)
+
+
+if __name__ == "__main__":
+    run_main(main)
