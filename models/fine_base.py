@@ -3,6 +3,8 @@ momentum copies, queues, global/local features and the focal contrastive loss.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,12 +13,31 @@ from engine import distributed as du
 from models.bert import BertModel
 from models.fine_config import CompatConfig, FineModelConfig, LossConfig
 from models.fine_local import attention_pool, init_attention_pool, mix
-from models.losses import distilled_targets, focal_soft_cross_entropy, matching_loss, sample_hard_negatives
+from models.losses import (
+    diagonal_targets,
+    distilled_targets,
+    focal_soft_cross_entropy,
+    matching_loss,
+    positive_targets,
+    sample_hard_negatives,
+)
 from models.momentum import add_momentum_copies, momentum_update, random_unit_queue, write_queue
 from models.vit import VisionEncoder
 
 MOMENTUM_MODULES = ["visual_encoder", "vision_proj", "combine_vision_proj",
                     "text_encoder", "text_proj", "combine_text_proj"]
+
+
+@dataclass
+class AlignedPass:
+    """What the contrastive step of a training forward leaves for the other losses."""
+
+    image_tokens: torch.Tensor
+    hidden: torch.Tensor
+    img_feat: torch.Tensor
+    itc: torch.Tensor
+    sim_i2t: torch.Tensor
+    sim_t2i: torch.Tensor
 
 
 class FineDualEncoder(nn.Module):
@@ -154,6 +175,30 @@ class FineDualEncoder(nn.Module):
         loss = (focal_soft_cross_entropy(sim_i2t, q_i2t, focal.alpha, focal.gamma)
                 + focal_soft_cross_entropy(sim_t2i, q_t2i, focal.alpha, focal.gamma)) / 2
         return loss, sim_i2t, sim_t2i
+
+    def aligned_pass(self, batch: dict[str, torch.Tensor], ctx, *, has_sign: bool, id_targets: bool) -> AlignedPass:
+        """Encoders, mixed features, momentum update and features, focal ITC, enqueue (fine-model.md §1.8, §2.1).
+
+        `id_targets`: positives are every batch/queue column of the same product (needs an `idx_queue`);
+        otherwise the published one-hot diagonal with a label-less queue.
+        """
+        image, ids, mask, idx = batch["image"], batch["input_ids"], batch["attention_mask"], batch["product_idx"]
+        self.clamp_temp()
+        image_tokens = self.visual_encoder(image)
+        hidden = self.text_encoder.text(ids, mask)
+        img_feat = self.image_feature(image_tokens)
+        txt_feat = self.text_feature(hidden, ids, mask, has_sign=has_sign)
+        with torch.no_grad():
+            self.update_momentum()
+            img_m, txt_m = self.momentum_features(image, ids, mask)
+            if id_targets:
+                targets = positive_targets(idx, torch.cat([idx.view(1, -1), self.idx_queue.clone()], dim=1))
+            else:
+                targets = diagonal_targets(img_m.shape[0], img_m.shape[0] + self.image_queue.shape[1], img_m.device)
+        itc, sim_i2t, sim_t2i = self.contrastive_loss(img_feat, txt_feat, img_m, txt_m, targets,
+                                                      self.distill_alpha(ctx))
+        self.enqueue_features(img_m, txt_m, idx if id_targets else None)
+        return AlignedPass(image_tokens, hidden, img_feat, itc, sim_i2t, sim_t2i)
 
     @torch.no_grad()
     def enqueue_features(self, img_m: torch.Tensor, txt_m: torch.Tensor, idx: torch.Tensor | None = None) -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from models.bert import MLMHead, ReplacedTokenHead
 from models.fine_base import FineDualEncoder
 from models.fine_config import CompatConfig, FineModelConfig, LossConfig
 from models.fine_local import make_ngram_convs, phrase_feature
 from models.losses import (
-    positive_targets,
     symbol_loss,
     token_prediction_loss,
 )
@@ -43,29 +41,12 @@ class FinePretrainModel(FineDualEncoder):
         return F.normalize((1.0 - r) * sign + r * phrase, dim=-1)
 
     def forward(self, batch: dict[str, torch.Tensor], ctx=None) -> dict[str, torch.Tensor]:
-        image, ids, mask, idx = batch["image"], batch["input_ids"], batch["attention_mask"], batch["product_idx"]
-        self.clamp_temp()
-        image_tokens = self.visual_encoder(image)
-        hidden = self.text_encoder.text(ids, mask)
-        img_feat = self.image_feature(image_tokens)
-        txt_feat = self.text_feature(hidden, ids, mask, has_sign=True)
-
-        with torch.no_grad():
-            self.update_momentum()
-            img_m, txt_m = self.momentum_features(image, ids, mask)
-            targets = positive_targets(idx, torch.cat([idx.view(1, -1), self.idx_queue.clone()], dim=1))
-        itc, sim_i2t, sim_t2i = self.contrastive_loss(img_feat, txt_feat, img_m, txt_m, targets,
-                                                      self.distill_alpha(ctx))
-        self.enqueue_features(img_m, txt_m, idx)
-
-        losses = {"itc": itc, "symbol": symbol_loss(self.symbol_feature(hidden, ids, mask), img_feat)}
-        fused_pos, itm = self.image_text_matching(hidden, mask, image_tokens, sim_i2t, sim_t2i, idx)
-        losses["itm"] = itm
+        ids, mask, idx = batch["input_ids"], batch["attention_mask"], batch["product_idx"]
+        out = self.aligned_pass(batch, ctx, has_sign=True, id_targets=True)
+        losses = {"itc": out.itc, "symbol": symbol_loss(self.symbol_feature(out.hidden, ids, mask), out.img_feat)}
+        fused_pos, losses["itm"] = self.image_text_matching(out.hidden, mask, out.image_tokens, out.sim_i2t,
+                                                             out.sim_t2i, idx)
         losses["mlm"] = token_prediction_loss(self.decoder_layer, fused_pos, batch["mlm_labels"])
         losses["rtd"] = token_prediction_loss(self.replace_predict_layer, fused_pos, batch["rtd_labels"])
         return losses
 
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters (momentum copies excluded)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

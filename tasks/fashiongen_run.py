@@ -13,15 +13,11 @@ from torch.utils.data import Dataset
 
 from datasets.fashiongen import FashionGenSplit
 from datasets.text import load_tokenizer
-from engine.config import add_config_arguments, config_from_args, config_to_dict
-from engine.data import EpochSampler, TrainLoader
-from engine.logger import get_logger
+from engine.config import add_config_arguments, config_from_args
 from engine.precision import resolve_precision
 from engine.run import add_run_arguments, start_run
-from engine.trainer import BEST, LAST, Trainer
-from models.checkpoint_keys import load_checkpoint
 from tasks.cmr_eval import report_test, selection_evaluator, split_products, test_evaluator
-from tasks.fine_common import build_model, check_queue_size, initialise, optimizer_and_schedule
+from tasks.fine_common import build_model, check_queue_size, initialise, train_select_report
 from tasks.fine_schema import PretrainConfig
 
 DatasetFactory = Callable[[Any, FashionGenSplit, Any, list[int] | None], Dataset]
@@ -60,27 +56,8 @@ def run_fashiongen(args: Any, cfg: PretrainConfig, model_cls: type[nn.Module], m
     initialise(model, checkpoint)
     train_products, heldout = split_products(data, train_split, output_dir)
     dataset = make_dataset(cfg, train_split, tokenizer, train_products)
-    sampler = EpochSampler(len(dataset), seed=cfg.runtime.seed, rank=info.rank, world_size=info.world_size)
-    loader = TrainLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=workers,
-                         pin_memory=cfg.runtime.pin_memory and info.device.type == "cuda", seed=cfg.runtime.seed,
-                         rank=info.rank)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg.optim, cfg.schedule, cfg.compat, cfg.train.epochs,
-                                                  len(loader))
     select = selection_evaluator(data, cfg.eval, tokenizer, image_res, train_split, test_split, heldout, output_dir,
                                  workers, info.device, precision)
-    trainer = Trainer(model, loader, optimizer, scheduler, cfg.train, info, output_dir,
-                      schedule_interval=cfg.schedule.interval, loss_weights=cfg.loss.weights, evaluate=select,
-                      config_dict=config_to_dict(cfg))
-    if args.resume:
-        trainer.resume(args.resume)
-    result = trainer.fit()
-    if result.interrupted:
-        return 0
-    best = output_dir / BEST
-    chosen = best if best.is_file() else output_dir / LAST
-    load_checkpoint(trainer.module, chosen, strict=True)
-    get_logger().info("evaluating %s (selected on %s, epoch %s) on the test split", chosen, select.name,
-                      result.best_epoch)
-    report_test(test_eval, trainer.module, output_dir,
-                {"checkpoint": str(chosen), "selected_on": select.name, "best_epoch": result.best_epoch})
+    train_select_report(cfg, info, output_dir, model, dataset, select, args.resume,
+                        lambda module, extra: report_test(test_eval, module, output_dir, extra))
     return 0

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from engine.config import ConfigError
-from engine.data import move_to_device
+from engine.config import ConfigError, config_to_dict
+from engine.data import EpochSampler, TrainLoader, move_to_device
+from engine.distributed import DistInfo
 from engine.logger import get_logger
 from engine.optim import build_optimizer, build_scheduler
 from engine.precision import autocast
 from engine.sections import OptimConfig, ScheduleConfig
+from engine.trainer import BEST, LAST, FitResult, Trainer
 from models.checkpoint_keys import load_checkpoint
 from models.fine_config import CompatConfig, FineModelConfig, LossConfig
 
@@ -62,3 +65,31 @@ def check_queue_size(queue_size: int, global_batch: int) -> None:
     if queue_size % global_batch:
         raise ConfigError(f"model.queue_size {queue_size} is not a multiple of the global batch {global_batch} "
                          "(data.batch_size x number of processes)")
+
+
+def train_select_report(cfg: Any, info: DistInfo, output_dir: Path, model: nn.Module, dataset: Dataset,
+                        select: Callable, resume: str | None,
+                        report: Callable[[nn.Module, dict], Any]) -> FitResult:
+    """Train `model` on `dataset` with the engine, selecting on `select`; then reload the selected checkpoint
+    (best, else last) and hand it to `report` (the final evaluation) unless the run was interrupted."""
+    sampler = EpochSampler(len(dataset), seed=cfg.runtime.seed, rank=info.rank, world_size=info.world_size)
+    loader = TrainLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler,
+                         num_workers=cfg.runtime.num_workers,
+                         pin_memory=cfg.runtime.pin_memory and info.device.type == "cuda", seed=cfg.runtime.seed,
+                         rank=info.rank)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg.optim, cfg.schedule, cfg.compat, cfg.train.epochs,
+                                                  len(loader))
+    trainer = Trainer(model, loader, optimizer, scheduler, cfg.train, info, output_dir,
+                      schedule_interval=cfg.schedule.interval, loss_weights=cfg.loss.weights, evaluate=select,
+                      config_dict=config_to_dict(cfg))
+    if resume:
+        trainer.resume(resume)
+    result = trainer.fit()
+    if not result.interrupted:
+        chosen = output_dir / BEST if (output_dir / BEST).is_file() else output_dir / LAST
+        load_checkpoint(trainer.module, chosen, strict=True)
+        get_logger().info("final evaluation of %s (selected on %s, epoch %s)", chosen,
+                          getattr(select, "name", "?"), result.best_epoch)
+        report(trainer.module, {"checkpoint": str(chosen), "selected_on": getattr(select, "name", None),
+                                "best_epoch": result.best_epoch})
+    return result

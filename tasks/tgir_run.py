@@ -23,12 +23,10 @@ from datasets.fashioniq import (
 from datasets.text import load_tokenizer
 from datasets.transforms import TestTransform, TrainTransform
 from engine import distributed as du
-from engine.config import config_to_dict
-from engine.data import EpochSampler, TrainLoader, build_eval_loader
+from engine.data import build_eval_loader
 from engine.logger import get_logger
 from engine.precision import resolve_precision
 from engine.run import start_run
-from engine.trainer import BEST, LAST, Trainer
 from evaluation.tgir import (
     QuerySet,
     TGIROptions,
@@ -37,9 +35,8 @@ from evaluation.tgir import (
     format_tgir_table,
     write_tgir_report,
 )
-from models.checkpoint_keys import load_checkpoint
 from models.fine_tgir import FineTGIRModel
-from tasks.fine_common import build_model, check_queue_size, extract, initialise, optimizer_and_schedule
+from tasks.fine_common import build_model, check_queue_size, extract, initialise, train_select_report
 from tasks.fine_schema import TGIRConfig
 
 VAL_SELECTION_WARNING = "model selection on FashionIQ val, the reported split; numbers are not a clean test estimate"
@@ -156,22 +153,6 @@ def run_tgir(args: Any, cfg: TGIRConfig) -> int:
         get_logger().warning(VAL_SELECTION_WARNING)
     dataset = TGIRTrainDataset(triplets, layout, tokenizer, TrainTransform(image_res, data.randaugment_magnitude),
                                max_length=data.max_words, add_sep=add_sep, seed=cfg.runtime.seed, indices=train_idx)
-    sampler = EpochSampler(len(dataset), seed=cfg.runtime.seed, rank=info.rank, world_size=info.world_size)
-    loader = TrainLoader(dataset, batch_size=data.batch_size, sampler=sampler, num_workers=workers,
-                         pin_memory=cfg.runtime.pin_memory and info.device.type == "cuda", seed=cfg.runtime.seed,
-                         rank=info.rank)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg.optim, cfg.schedule, cfg.compat, cfg.train.epochs,
-                                                  len(loader))
-    trainer = Trainer(model, loader, optimizer, scheduler, cfg.train, info, output_dir,
-                      schedule_interval=cfg.schedule.interval, loss_weights=cfg.loss.weights, evaluate=select,
-                      config_dict=config_to_dict(cfg))
-    if args.resume:
-        trainer.resume(args.resume)
-    result = trainer.fit()
-    if result.interrupted:
-        return 0
-    chosen = output_dir / BEST if (output_dir / BEST).is_file() else output_dir / LAST
-    load_checkpoint(trainer.module, chosen, strict=True)
-    report(val_eval, trainer.module, output_dir,
-           {"checkpoint": str(chosen), "selected_on": select.name, "best_epoch": result.best_epoch})
+    train_select_report(cfg, info, output_dir, model, dataset, select, args.resume,
+                        lambda module, extra: report(val_eval, module, output_dir, extra))
     return 0
