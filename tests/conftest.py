@@ -1,0 +1,29 @@
+"""Shared fixtures: the synthetic FashionGen + FashionIQ data, prepared and with a vocabulary, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def build_synthetic_root(root: Path) -> Path:
+    """Write synthetic FashionGen and FashionIQ data under `root`, run prepare_dataset.py on both and build the
+    vocabulary into `root/tokenizer` (the same steps as scripts/demo.sh, in-process to save interpreter starts)."""
+    import prepare_dataset
+    from datasets.synthetic.__main__ import main as synthetic_main
+    from scripts.build_vocab import main as build_vocab_main
+
+    for kind in ("fashiongen", "fashioniq"):
+        assert synthetic_main([kind, "--out", str(root), "--quiet"]) == 0
+    assert prepare_dataset.main(["--data-root", str(root / "fashiongen"),
+                                 "--fashioniq-root", str(root / "fashioniq"), "--quiet"]) == 0
+    assert build_vocab_main(["from-captions", "--data-root", str(root), "--out", str(root / "tokenizer")]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root folder with `fashiongen/` (prepared .h5 splits), `fashioniq/` (prepared captions) and
+    `tokenizer/vocab.txt`. Shared by the whole session: tests must not modify it."""
+    return build_synthetic_root(tmp_path_factory.mktemp("synthetic"))
