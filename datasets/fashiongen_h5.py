@@ -28,7 +28,7 @@ SPLIT_ALIASES: dict[str, str] = {
     "val": "validation",
     "test": "validation",
 }
-SYNTHETIC_CREATE_COMMAND = "python -m datasets.synthetic fashiongen --out {data_root}"
+SYNTHETIC_CREATE_COMMAND = "python -m datasets.synthetic fashiongen --out {out}"  # writes {out}/fashiongen/
 
 PRODUCT_LIST_FILENAME = "productid_list.json"
 INFO_DATA_FILENAME = "info_data.json"
@@ -94,13 +94,21 @@ def h5_filename(split: str) -> str:
     return H5_FILENAME_TEMPLATE.format(split=canonical_split(split))
 
 
+def synthetic_command(data_root: str | Path) -> str:
+    """The generator call whose output folder is `data_root` (it writes into `<out>/fashiongen/`)."""
+    root = Path(data_root)
+    if root.name == "fashiongen":
+        return SYNTHETIC_CREATE_COMMAND.format(out=root.parent)
+    return SYNTHETIC_CREATE_COMMAND.format(out=root) + f" and use {root / 'fashiongen'} as the data root"
+
+
 def h5_path(data_root: str | Path, split: str) -> Path:
     """Path of a split's HDF5 file under `data_root`; FileNotFoundError (with the fix) if absent."""
     path = Path(data_root) / h5_filename(split)
     if not path.is_file():
         raise FileNotFoundError(
             f"FashionGen file not found: {path} (create synthetic data with "
-            f"`{SYNTHETIC_CREATE_COMMAND.format(data_root=data_root)}`, or download the FashionGen "
+            f"`{synthetic_command(data_root)}`, or download the FashionGen "
             f"256x256 release and put {', '.join(h5_filename(s) for s in SPLITS)} in {data_root})"
         )
     return path

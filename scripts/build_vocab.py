@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import string
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,14 +78,31 @@ def collect_texts(data_root: Path) -> list[str]:
 
 
 def train_wordpiece(texts: list[str], vocab_size: int) -> list[str]:
-    """WordPiece vocabulary (list index = id) with the special and sign tokens first."""
-    from tokenizers import BertWordPieceTokenizer
+    """A deterministic WordPiece vocabulary (list index = id): special and sign tokens first, then every
+    character and its `##` continuation (so no word maps to `[UNK]`), then whole words by decreasing
+    frequency (ties alphabetical) up to `vocab_size`.
 
-    tok = BertWordPieceTokenizer(lowercase=True, strip_accents=None)
-    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS,
-                            show_progress=False)
-    vocab = tok.get_vocab()
-    return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    Written here because the `tokenizers` WordPiece trainer is not deterministic across runs, and tests
+    and the demo need the same ids every time. Text is normalised and split exactly as `BertTokenizer`
+    (lower case, accents stripped, punctuation split) does before WordPiece.
+    """
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    normalizer, splitter = BertNormalizer(lowercase=True), BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word} | set(string.ascii_lowercase + string.digits + string.punctuation))
+    tokens = SPECIAL_TOKENS + chars + [f"##{c}" for c in chars]
+    known = set(tokens)
+    for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(tokens) >= vocab_size:
+            break
+        if word not in known:
+            tokens.append(word)
+            known.add(word)
+    return tokens
 
 
 def signs_from_bert_vocab(bert_vocab: Path) -> list[str]:

@@ -125,3 +125,9 @@ def test_from_bert_renames_unused_tokens(tmp_path):
 def test_from_captions_without_data_fails_clearly(tmp_path, capsys):
     assert build_vocab.main(["from-captions", "--data-root", str(tmp_path), "--out", str(tmp_path / "t")]) == 2
     assert "python -m datasets.synthetic all" in capsys.readouterr().err
+
+
+def test_vocab_from_captions_is_deterministic(vocab_dir, tmp_path):
+    data_root = vocab_dir.parent
+    assert build_vocab.main(["from-captions", "--data-root", str(data_root), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "vocab.txt").read_bytes() == (vocab_dir / "vocab.txt").read_bytes()
