@@ -12,9 +12,9 @@ from engine.sections import OptimConfig, ScheduleConfig
 
 
 def _no_decay(name: str, param: torch.Tensor, cfg: OptimConfig) -> bool:
-    if param.ndim == 1 or name.endswith(".bias"):
-        return True
     if param.ndim == 0 and not cfg.decay_scalars:
+        return True
+    if not cfg.decay_all and (param.ndim == 1 or name.endswith(".bias")):
         return True
     return any(name.endswith(suffix) for suffix in cfg.no_decay_names)
 

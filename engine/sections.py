@@ -19,6 +19,9 @@ class OptimConfig:
     eps: float = field(1e-8, "Adam(W) epsilon")
     momentum: float = field(0.9, "SGD momentum")
     decay_scalars: bool = field(False, "true: 0-dim parameters (e.g. temp) are decayed, as published (D14)")
+    decay_all: bool = field(
+        False, "true: one weight decay for every parameter, biases, norms and 1-D ones included (BLIP's "
+               "optimiser); 0-dim parameters still follow decay_scalars, no_decay_names still apply")
     no_decay_names: list[str] = field([], "extra parameter-name suffixes excluded from weight decay")
     group_lr: dict[str, float] = field({}, "parameter-name prefix -> learning rate of its own group")
 
@@ -66,6 +69,8 @@ class TrainConfig:
     select_mode: Literal["max", "min"] = field("max", "whether a higher or lower select_metric is better")
     patience: int | None = field(None, "stop after this many evaluations without improvement")
     stop_after_steps: int | None = field(None, "write a checkpoint and stop after this many steps (testing)")
+    schedule_epochs: int | None = field(
+        None, "epochs the lr schedule spans (null = train.epochs); the loop still stops after train.epochs")
     find_unused_parameters: bool = field(False, "DDP find_unused_parameters")
     progress_bar: bool = field(True, "tqdm progress bar on rank 0")
 
@@ -74,6 +79,8 @@ class TrainConfig:
             raise ValueError("train.epochs must be >= 1")
         if self.log_every < 1:
             raise ValueError("train.log_every must be >= 1")
+        if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
+            raise ValueError(f"train.schedule_epochs ({self.schedule_epochs}) must be >= train.epochs ({self.epochs})")
 
 
 @dataclass

@@ -27,7 +27,7 @@ class TextConfig:
     heads: int = field(12, "attention heads")
     intermediate: int = field(3072, "feed-forward width")
     max_positions: int = field(512, "position embeddings")
-    type_vocab: int = field(2, "token type embeddings")
+    type_vocab: int = field(2, "token type embeddings (0 = none, as in BLIP's MED BERT)")
     dropout: float = field(0.1, "hidden and attention dropout")
     initializer_range: float = field(0.02, "std of the normal init of linear and embedding weights")
     fusion_layer: int = field(6, "first layer with cross-attention (ALBEF); layers below are text-only")
@@ -46,7 +46,8 @@ class BertEmbeddings(nn.Module):
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, cfg.hidden, padding_idx=0)
         self.position_embeddings = nn.Embedding(cfg.max_positions, cfg.hidden)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab, cfg.hidden)
+        # BLIP's MED BERT has no token-type embeddings (and no such key in its state dict).
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab, cfg.hidden) if cfg.type_vocab else None
         self.LayerNorm = nn.LayerNorm(cfg.hidden, eps=1e-12)
         self.dropout = nn.Dropout(cfg.dropout)
         self.register_buffer("position_ids", torch.arange(cfg.max_positions).unsqueeze(0), persistent=True)
@@ -54,7 +55,8 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         length = input_ids.shape[1]
         x = self.word_embeddings(input_ids) + self.position_embeddings(self.position_ids[:, :length])
-        x = x + self.token_type_embeddings.weight[0]
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings.weight[0]
         return self.dropout(self.LayerNorm(x))
 
 

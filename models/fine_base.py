@@ -12,7 +12,7 @@ from torch import nn
 from engine import distributed as du
 from models.bert import BertModel
 from models.fine_config import CompatConfig, FineModelConfig, LossConfig
-from models.fine_local import attention_pool, init_attention_pool, mix
+from models.fine_local import attention_pool, init_attention_pool, mix, phrase_feature
 from models.losses import (
     diagonal_targets,
     distilled_targets,
@@ -26,6 +26,7 @@ from models.vit import VisionEncoder
 
 MOMENTUM_MODULES = ["visual_encoder", "vision_proj", "combine_vision_proj",
                     "text_encoder", "text_proj", "combine_text_proj"]
+COMBINE_MODULES = ("combine_vision_proj", "combine_text_proj")
 
 
 @dataclass
@@ -35,36 +36,41 @@ class AlignedPass:
     image_tokens: torch.Tensor
     hidden: torch.Tensor
     img_feat: torch.Tensor
+    txt_feat: torch.Tensor
     itc: torch.Tensor
     sim_i2t: torch.Tensor
     sim_t2i: torch.Tensor
 
 
 class FineDualEncoder(nn.Module):
-    """ViT + BERT with two-stage projections, attention pooling, momentum encoders and feature queues.
+    """ViT + BERT with projections, attention pooling, momentum encoders and feature queues.
 
-    Attribute names are the published state-dict names.
+    Attribute names are the published state-dict names. The ALBEF variant projects in two stages
+    (`*_proj` then `combine_*_proj`); the BLIP variant (`combine_proj=False`) has the first stage only.
     """
 
     def __init__(self, cfg: FineModelConfig, loss: LossConfig, compat: CompatConfig, vocab_size: int,
                  sep_token_id: int, *, itm_head: bool = True, local_pooling: bool = True,
-                 text_queue: bool = True) -> None:
+                 text_queue: bool = True, combine_proj: bool = True) -> None:
         super().__init__()
         self.cfg, self.loss_cfg, self.compat = cfg, loss, compat
         self.sep_token_id = sep_token_id
+        self.combine_proj = combine_proj
         width, embed = cfg.vision.width, cfg.embed_dim
         self.visual_encoder = VisionEncoder(cfg.vision)
         self.text_encoder = BertModel(vocab_size, cfg.text, image_width=width)
         self.vision_proj = nn.Linear(width, embed)
         self.text_proj = nn.Linear(cfg.text.hidden, embed)
-        self.combine_vision_proj = nn.Linear(embed, embed)
-        self.combine_text_proj = nn.Linear(embed, embed)
+        if combine_proj:
+            self.combine_vision_proj = nn.Linear(embed, embed)
+            self.combine_text_proj = nn.Linear(embed, embed)
         self.temp = nn.Parameter(torch.tensor(cfg.temp_init))
         if itm_head:
             self.itm_head = nn.Linear(cfg.text.hidden, 2)
         if local_pooling:
             self.W_v, self.att_layer_v = init_attention_pool(width)
-        self.momentum_pairs = add_momentum_copies(self, MOMENTUM_MODULES)
+        momentum_modules = [m for m in MOMENTUM_MODULES if combine_proj or m not in COMBINE_MODULES]
+        self.momentum_pairs = add_momentum_copies(self, momentum_modules)
         if text_queue:  # the TGIR model keeps an image queue and a fused-query queue instead
             self.register_buffer("image_queue", random_unit_queue(embed, cfg.queue_size))
             self.register_buffer("text_queue", random_unit_queue(embed, cfg.queue_size))
@@ -72,16 +78,18 @@ class FineDualEncoder(nn.Module):
 
     # ------------------------------------------------------------------ features
     def project_image(self, x: torch.Tensor, momentum: bool = False) -> torch.Tensor:
-        """`norm(combine_vision_proj(vision_proj(x)))` (or the momentum pair)."""
-        if momentum:
-            return F.normalize(self.combine_vision_proj_m(self.vision_proj_m(x)).float(), dim=-1)
-        return F.normalize(self.combine_vision_proj(self.vision_proj(x)).float(), dim=-1)
+        """`norm(combine_vision_proj(vision_proj(x)))` (or the momentum pair; BLIP: `norm(vision_proj(x))`)."""
+        x = (self.vision_proj_m if momentum else self.vision_proj)(x)
+        if self.combine_proj:
+            x = (self.combine_vision_proj_m if momentum else self.combine_vision_proj)(x)
+        return F.normalize(x.float(), dim=-1)
 
     def project_text(self, x: torch.Tensor, momentum: bool = False) -> torch.Tensor:
-        """`norm(combine_text_proj(text_proj(x)))` (or the momentum pair)."""
-        if momentum:
-            return F.normalize(self.combine_text_proj_m(self.text_proj_m(x)).float(), dim=-1)
-        return F.normalize(self.combine_text_proj(self.text_proj(x)).float(), dim=-1)
+        """`norm(combine_text_proj(text_proj(x)))` (or the momentum pair; BLIP: `norm(text_proj(x))`)."""
+        x = (self.text_proj_m if momentum else self.text_proj)(x)
+        if self.combine_proj:
+            x = (self.combine_text_proj_m if momentum else self.combine_text_proj)(x)
+        return F.normalize(x.float(), dim=-1)
 
     def word_range(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    has_sign: bool) -> tuple[int, torch.Tensor | None]:
@@ -112,6 +120,18 @@ class FineDualEncoder(nn.Module):
         global_feat = self.project_text(hidden[:, 0])
         local_feat = self.project_text(attention_pool(hidden[:, start:], self.W_v, self.att_layer_v, word_mask))
         return mix(global_feat, local_feat, self.cfg.mix.txt_local_ratio)
+
+    def symbol_feature(self, hidden: torch.Tensor, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> torch.Tensor:
+        """`norm((1 - r) * f_sign + r * f_phrase)` (§1.9): the projected state at the sign position 1 mixed
+        with the n-gram phrase feature of the words after it. Needs the three n-gram convolutions
+        (`unigram_conv`, `bigram_conv`, `trigram_conv`) of the models that have the phrase branch."""
+        start, word_mask = self.word_range(input_ids, attention_mask, has_sign=True)
+        sign = self.project_text(hidden[:, 1])
+        convs = (self.unigram_conv, self.bigram_conv, self.trigram_conv)
+        phrase = self.project_text(phrase_feature(hidden[:, start:], convs, word_mask))
+        r = self.cfg.symbol_phrase_ratio
+        return F.normalize((1.0 - r) * sign + r * phrase, dim=-1)
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -198,17 +218,22 @@ class FineDualEncoder(nn.Module):
         itc, sim_i2t, sim_t2i = self.contrastive_loss(img_feat, txt_feat, img_m, txt_m, targets,
                                                       self.distill_alpha(ctx))
         self.enqueue_features(img_m, txt_m, idx if id_targets else None)
-        return AlignedPass(image_tokens, hidden, img_feat, itc, sim_i2t, sim_t2i)
+        return AlignedPass(image_tokens, hidden, img_feat, txt_feat, itc, sim_i2t, sim_t2i)
+
+    def queue_pointer(self) -> torch.Tensor:
+        """The `(1,)` write position shared by the feature queues (`queue_ptr`; BLIP names it `ptr_queue`)."""
+        return self.queue_ptr
 
     @torch.no_grad()
     def enqueue_features(self, img_m: torch.Tensor, txt_m: torch.Tensor, idx: torch.Tensor | None = None) -> None:
         """Gather this step's momentum features (and labels) over ranks and write them into the queues."""
-        start = int(self.queue_ptr.item())
+        pointer = self.queue_pointer()
+        start = int(pointer.item())
         write_queue(self.image_queue, start, du.all_gather_nograd(img_m))
         nxt = write_queue(self.text_queue, start, du.all_gather_nograd(txt_m))
         if idx is not None:
             write_queue(self.idx_queue, start, du.all_gather_nograd(idx).view(-1, 1))
-        self.queue_ptr[0] = nxt
+        pointer[0] = nxt
 
     def matching_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
                         image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

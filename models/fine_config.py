@@ -74,6 +74,16 @@ class CompatConfig:
     retrieval_id_targets: Mode | None = field(None, "D8 fine-tuning ITC with diagonal targets (compat)")
     tgir_momentum_proj: Mode | None = field(None, "D9 momentum TGIR query through the online projection")
     no_decay_temp: Mode | None = field(None, "D14 weight decay on the temperature (compat)")
+    blip_sign_token: Mode | None = field(
+        None, "D13 BLIP: the sign is the word `xxx_sign` the tokenizer splits, kept in evaluation queries "
+              "(compat); fixed: the nine `[xxx_sign]` are special tokens (embedding rows added if absent) "
+              "and evaluation queries carry no sign")
+    blip_eval_pool_range: Mode | None = field(
+        None, "BLIP evaluation pools words from position 1 even when position 1 holds the sign (compat); "
+              "fixed: from right after the sign when the query has one, as in training")
+    blip_stage1_schedule: Mode | None = field(
+        None, "BLIP stage 1: the cosine spans train.schedule_epochs (published 20) while the loop stops "
+              "after train.epochs (5) (compat); fixed: the cosine spans the epochs that run")
     momentum_local_mix: bool = field(False, "ablation O2: momentum features mix local features too")
 
     def is_compat(self, switch: str) -> bool:

@@ -4,12 +4,11 @@ masked-LM and replaced-token detection (fine-model.md §1-§2)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from models.bert import MLMHead, ReplacedTokenHead
 from models.fine_base import FineDualEncoder
 from models.fine_config import CompatConfig, FineModelConfig, LossConfig
-from models.fine_local import make_ngram_convs, phrase_feature
+from models.fine_local import make_ngram_convs
 from models.losses import (
     symbol_loss,
     token_prediction_loss,
@@ -29,16 +28,6 @@ class FinePretrainModel(FineDualEncoder):
         self.decoder_layer = MLMHead(hidden, vocab_size)
         self.replace_predict_layer = ReplacedTokenHead(hidden, kinds=2)
         self.register_buffer("idx_queue", torch.full((1, cfg.queue_size), -100, dtype=torch.long))
-
-    def symbol_feature(self, hidden: torch.Tensor, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor) -> torch.Tensor:
-        """`norm((1 - r) * f_sign + r * f_phrase)`: sign token state mixed with the n-gram phrase feature."""
-        start, word_mask = self.word_range(input_ids, attention_mask, has_sign=True)
-        sign = self.project_text(hidden[:, 1])
-        convs = (self.unigram_conv, self.bigram_conv, self.trigram_conv)
-        phrase = self.project_text(phrase_feature(hidden[:, start:], convs, word_mask))
-        r = self.cfg.symbol_phrase_ratio
-        return F.normalize((1.0 - r) * sign + r * phrase, dim=-1)
 
     def forward(self, batch: dict[str, torch.Tensor], ctx=None) -> dict[str, torch.Tensor]:
         ids, mask, idx = batch["input_ids"], batch["attention_mask"], batch["product_idx"]

@@ -42,24 +42,30 @@ def symbol_loss(symbol_feat: torch.Tensor, image_feat: torch.Tensor) -> torch.Te
     return ((1.0 - (symbol_feat.float() * image_feat.float()).sum(dim=-1)) / 2.0).mean()
 
 
-def hard_negative_weights(sim: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
-    """Sampling weights over in-batch candidates: softmax of the similarities with the diagonal excluded
+def hard_negative_weights(sim: torch.Tensor, same: torch.Tensor | None = None, self_offset: int = 0) -> torch.Tensor:
+    """Sampling weights over candidates: softmax of the similarities with each row's own column excluded
     (and, when `same` is given, every same-product pair excluded); a row with no admissible candidate
-    falls back to uniform over the other columns."""
-    b = sim.shape[0]
-    eye = torch.eye(b, dtype=torch.bool, device=sim.device)
-    banned = eye if same is None else (eye | same)
+    falls back to uniform over the other columns.
+
+    `sim` is `(B, C)`: the in-batch block (C = B, own column i) or, for negatives gathered from every rank
+    (BLIP), all ranks' batches (C = B * world size, own column `self_offset + i`).
+    """
+    b, c = sim.shape
+    rows = torch.arange(b, device=sim.device)
+    own = torch.zeros(b, c, dtype=torch.bool, device=sim.device)
+    own[rows, rows + self_offset] = True
+    banned = own if same is None else (own | same)
     weights = sim.float().masked_fill(banned, float("-inf")).softmax(dim=1)
     empty = banned.all(dim=1)
     if empty.any():
-        fallback = (~eye).float() / max(1, b - 1)
+        fallback = (~own).float() / max(1, c - 1)
         weights = torch.where(empty[:, None], fallback, weights)
     return torch.nan_to_num(weights, nan=0.0)
 
 
-def sample_hard_negatives(sim: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
+def sample_hard_negatives(sim: torch.Tensor, same: torch.Tensor | None = None, self_offset: int = 0) -> torch.Tensor:
     """One negative column per row, drawn from `hard_negative_weights` in a single batched multinomial."""
-    return torch.multinomial(hard_negative_weights(sim, same), 1).squeeze(1)
+    return torch.multinomial(hard_negative_weights(sim, same, self_offset), 1).squeeze(1)
 
 
 def matching_loss(logits: torch.Tensor, num_pos: int) -> torch.Tensor:

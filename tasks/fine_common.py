@@ -77,8 +77,8 @@ def train_select_report(cfg: Any, info: DistInfo, output_dir: Path, model: nn.Mo
                          num_workers=cfg.runtime.num_workers,
                          pin_memory=cfg.runtime.pin_memory and info.device.type == "cuda", seed=cfg.runtime.seed,
                          rank=info.rank)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg.optim, cfg.schedule, cfg.compat, cfg.train.epochs,
-                                                  len(loader))
+    optimizer, scheduler = optimizer_and_schedule(model, cfg.optim, cfg.schedule, cfg.compat,
+                                                  cfg.train.schedule_epochs or cfg.train.epochs, len(loader))
     trainer = Trainer(model, loader, optimizer, scheduler, cfg.train, info, output_dir,
                       schedule_interval=cfg.schedule.interval, loss_weights=cfg.loss.weights, evaluate=select,
                       config_dict=config_to_dict(cfg))
@@ -90,6 +90,9 @@ def train_select_report(cfg: Any, info: DistInfo, output_dir: Path, model: nn.Mo
         load_checkpoint(trainer.module, chosen, strict=True)
         get_logger().info("final evaluation of %s (selected on %s, epoch %s)", chosen,
                           getattr(select, "name", "?"), result.best_epoch)
-        report(trainer.module, {"checkpoint": str(chosen), "selected_on": getattr(select, "name", None),
-                                "best_epoch": result.best_epoch})
+        extra = {"checkpoint": str(chosen), "selected_on": getattr(select, "name", None),
+                 "best_epoch": result.best_epoch}
+        if getattr(select, "selection_warning", None):  # selected on the reported split (D1)
+            extra["selection_warning"] = select.selection_warning
+        report(trainer.module, extra)
     return result
