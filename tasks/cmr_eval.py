@@ -16,6 +16,7 @@ from datasets.fashiongen import (
     remaining_products,
 )
 from engine import distributed as du
+from engine.config import ConfigError
 from engine.data import build_eval_loader
 from engine.logger import get_logger
 from evaluation.cmr import (
@@ -40,10 +41,15 @@ class CMREvaluator:
                  num_workers: int, device: torch.device, precision: str, sets_dir: str | Path) -> None:
         self.eval_set, self.name, self.device, self.precision = eval_set, name, device, precision
         sampled = cfg.sampled
+        if cfg.protocol != "full" and not sampled.neg_len < eval_set.num_products - 1:  # fail before training
+            raise ConfigError(f"eval.sampled.neg_len {sampled.neg_len} needs at least {sampled.neg_len + 2} products "
+                              f"in the {name} set, which has {eval_set.num_products}; lower eval.sampled.neg_len"
+                              + (" or raise data.heldout_products" if name == "heldout" else ""))
         self.options = CMROptions(protocol=cfg.protocol, sampled=SampledOptions(
             sets=sampled.sets, seed=sampled.seed, set_len=min(sampled.set_len, eval_set.num_products),
             neg_len=sampled.neg_len, exclude_positive_from_t2i_pool=sampled.exclude_positive_from_t2i_pool))
-        self.provider = SampledSetProvider(self.options.sampled, directory=sets_dir, name=f"{name}_sampled")
+        sets_name = "fashiongen_sampled" if name == "test" else f"fashiongen_{name}_sampled"  # spec §6.3 names
+        self.provider = SampledSetProvider(self.options.sampled, directory=sets_dir, name=sets_name)
         self.chunk_size = cfg.chunk_size
         self.images = build_eval_loader(eval_set.images, batch_size, num_workers)
         self.texts = build_eval_loader(eval_set.texts, batch_size, num_workers)
@@ -62,12 +68,17 @@ class CMREvaluator:
                             image_emb=image_emb, options=self.options, sampled_sets=self.provider,
                             product_ids=self.eval_set.product_ids, device=self.device, chunk_size=self.chunk_size)
 
+    @property
+    def selection_warning(self) -> str | None:
+        """The warning that selecting on this set deserves (recorded in the result file), if any."""
+        return TEST_SELECTION_WARNING if self.name == "test" else None
+
     def __call__(self, model: nn.Module, epoch: int | None = None) -> dict[str, float]:
         """Trainer hook: metrics on rank 0 (other ranks return {} and receive rank 0's by broadcast)."""
         if not du.is_main_process():
             return {}
-        if self.name == "test":
-            get_logger().warning(TEST_SELECTION_WARNING)
+        if self.selection_warning:
+            get_logger().warning(self.selection_warning)
         return self.run(model).metrics
 
 

@@ -41,7 +41,7 @@ def run_fashiongen(args: Any, cfg: PretrainConfig, model_cls: type[nn.Module], m
     checkpoint = args.checkpoint or cfg.checkpoint
 
     tokenizer = load_tokenizer(data.tokenizer)
-    train_split, test_split = FashionGenSplit(data.root, "train"), FashionGenSplit(data.root, "validation")
+    test_split = FashionGenSplit(data.root, "validation")
     model = build_model(model_cls, cfg.model, cfg.loss, cfg.compat, tokenizer)
     test_eval = test_evaluator(data, cfg.eval, tokenizer, image_res, test_split, output_dir, workers, info.device,
                                precision)
@@ -53,6 +53,7 @@ def run_fashiongen(args: Any, cfg: PretrainConfig, model_cls: type[nn.Module], m
         return 0
 
     check_queue_size(cfg.model.queue_size, data.batch_size * info.world_size)
+    train_split = FashionGenSplit(data.root, "train")  # evaluation alone needs only the test split's files
     initialise(model, checkpoint)
     train_products, heldout = split_products(data, train_split, output_dir)
     dataset = make_dataset(cfg, train_split, tokenizer, train_products)

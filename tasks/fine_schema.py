@@ -98,6 +98,10 @@ class FashionIQDataConfig:
     heldout_fraction: float = field(0.1, "fraction of training reference images held out")
     heldout_seed: int = field(66, "seed of the held-out draw")
 
+    def validate(self) -> None:
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"data.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+
 
 @dataclass
 class TGIREvalConfig:

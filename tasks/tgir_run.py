@@ -68,12 +68,17 @@ class TGIREvaluator:
                                             gallery_names, by_name)
         return evaluate_tgir(query_sets, self.options, device=self.device, chunk_size=self.chunk_size)
 
+    @property
+    def selection_warning(self) -> str | None:
+        """The warning that selecting on this set deserves (recorded in the result file), if any."""
+        return VAL_SELECTION_WARNING if self.name == "val" else None
+
     def __call__(self, model: nn.Module, epoch: int | None = None) -> dict[str, float]:
         """Trainer hook: metrics on rank 0 (others receive them by broadcast)."""
         if not du.is_main_process():
             return {}
-        if self.name == "val":
-            get_logger().warning(VAL_SELECTION_WARNING)
+        if self.selection_warning:
+            get_logger().warning(self.selection_warning)
         return self.run(model).metrics
 
 
