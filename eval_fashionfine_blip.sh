@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Evaluate a Fashion-FINE-on-BLIP checkpoint on the FashionGen test annotations (strict load): the published
+# full protocol (each query's top k_test=256 scores kept) and the sampled protocol, table + results_test.json.
+#   bash eval_fashionfine_blip.sh [CHECKPOINT] [--set eval.protocol=full|sampled|both ...]
+# CHECKPOINT defaults to the released fashionfine_blip_3modules.pth.
+# Environment: CONFIG (default configs/blip/retrieval_fashionfine_eval.yaml), OUTPUT_DIR, DATA_ROOT, TOKENIZER.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/launch.sh
+CHECKPOINT="${1:-fashionfine_blip_3modules.pth}"
+[ $# -gt 0 ] && shift
+common_args ""
+NGPU=1 launch train_blip.py --config "${CONFIG:-configs/blip/retrieval_fashionfine_eval.yaml}" --evaluate \
+  --output_dir "${OUTPUT_DIR:-output/retrieval_fashionfine_fashiongen_ft_2}" "${LAUNCH_ARGS[@]}" "$@"
