@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from datasets.asen_transforms import global_transform, original_tensor, pad_originals
+from datasets.images import load_rgb
 from engine.config import ConfigError
 from engine.errors import DataError
 from engine.logger import get_logger
@@ -394,12 +395,7 @@ class AsenImages(Dataset):
         return len(self.paths)
 
     def load(self, fid: int) -> Image.Image:
-        path = self.root / self.paths[fid]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"{self.list_path}:{fid + 1}: cannot read image {path}: {exc}") from None
+        return load_rgb(self.root / self.paths[fid], f"{self.list_path}:{fid + 1}")
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         fid, attr = key

@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from transformers import BertTokenizer
 
 from datasets.fashiongen_meta import SIGN_TOKENS
+from datasets.images import load_rgb
 from datasets.text import BUILD_VOCAB_HINT, VOCAB_FILENAME, encode_fixed_length, pre_caption_blip, read_vocab
 from datasets.transforms import TestTransform, TrainTransform
 from engine.errors import DataError
@@ -141,15 +142,8 @@ def _field(path: Path, i: int, record: dict, key: str, kind: type | tuple[type, 
 
 
 def load_image(path: Path, source: str) -> Image.Image:
-    """An RGB PIL image; a missing or unreadable file is named with the annotation that lists it."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} (listed in {source}) not found; "
-                                + PREPARE_HINT.format(root=path.parent.parent)) from None
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"image {path} (listed in {source}) is unreadable: {exc}") from None
+    """An RGB PIL image; a missing or unreadable file is named with the annotation record that lists it."""
+    return load_rgb(path, source, PREPARE_HINT.format(root=path.parent.parent))
 
 
 def image_subcategories(info_data: str | Path) -> dict[str, str]:

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from datasets.images import load_rgb
 from datasets.text import encode_fixed_length, join_fashioniq_captions
 from engine.errors import DataError
 from engine.seeding import item_rng
@@ -200,8 +201,7 @@ def check_images(layout: FashionIQLayout, triplets: Sequence[Triplet], which: st
 
 
 def load_image(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return load_rgb(path)
 
 
 def _select(triplets: Sequence[Triplet], indices: Sequence[int] | None) -> list[Triplet]:
