@@ -12,9 +12,9 @@ cd "$(dirname "$0")"
 source scripts/launch.sh
 OUT1="${OUTPUT_DIR1:-output/retrieval_fashionfine_fashiongen_ft_1}"
 OUT2="${OUTPUT_DIR2:-output/retrieval_fashionfine_fashiongen_ft_2}"
-OUTPUT_DIR="" common_args ""
+common_args ""
 launch train_blip.py --config "${CONFIG1:-configs/blip/retrieval_fashionfine_1.yaml}" --output_dir "$OUT1" \
   "${LAUNCH_ARGS[@]}" "$@"
-OUTPUT_DIR="" CHECKPOINT="${STAGE1_CHECKPOINT:-$OUT1/checkpoint_epoch2.pth}" common_args ""
+CHECKPOINT="${STAGE1_CHECKPOINT:-$OUT1/checkpoint_epoch2.pth}" common_args ""
 launch train_blip.py --config "${CONFIG2:-configs/blip/retrieval_fashionfine_2.yaml}" --output_dir "$OUT2" \
   "${LAUNCH_ARGS[@]}" "$@"

@@ -15,12 +15,12 @@ launch() {
   fi
 }
 
-# Common flags from the environment: OUTPUT_DIR, CHECKPOINT (empty = none), DATA_ROOT, TOKENIZER.
-# Sets the array LAUNCH_ARGS; the config's own values apply where a variable is unset.
+# Common flags from the environment: CHECKPOINT (empty = none), DATA_ROOT, TOKENIZER (each script passes its
+# own --output_dir "${OUTPUT_DIR:-default}"). Sets the array LAUNCH_ARGS; the config's own values apply where a
+# variable is unset.
 common_args() {
   local default_checkpoint="$1"
   LAUNCH_ARGS=()
-  [ -n "${OUTPUT_DIR:-}" ] && LAUNCH_ARGS+=(--output_dir "$OUTPUT_DIR")
   local checkpoint="${CHECKPOINT-$default_checkpoint}"
   [ -n "$checkpoint" ] && LAUNCH_ARGS+=(--checkpoint "$checkpoint")
   [ -n "${DATA_ROOT:-}" ] && LAUNCH_ARGS+=(--set "data.root=$DATA_ROOT")
