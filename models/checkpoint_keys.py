@@ -186,8 +186,8 @@ def load_blip_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = F
     rows added for registered sign tokens; every other key whose shape differs from the model's dropped
     and reported (e.g. queues of another length); the rest loaded non-strictly, missing and unexpected keys
     reported; momentum encoders copied from the online ones when the file has none.
-    Evaluation (`strict=True`): the same interpolation, then every model key must be present with its
-    shape and nothing else may be (bar the ignored decoder). A file without encoder weights is an error.
+    Evaluation (`strict=True`): the same interpolation and row growth, then every model key must be present
+    with its shape and nothing else may be (bar the ignored decoder). A file without encoder weights is an error.
     """
     module = unwrap(model)
     state = model_state_from(load_file(path), path)
@@ -204,8 +204,9 @@ def load_blip_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = F
         raise RuntimeError(f"{path} does not hold a BLIP / Fashion-FINE-on-BLIP model: no keys under {missing} "
                            f"(first keys in the file: {sorted(state)[:5]})")
     _interpolate(state, own, report)
-    if not strict:
-        _grow_word_embeddings(state, own, report)
+    # Also when strict: fixed-mode evaluation of a released 30524-row model registers the nine sign tokens
+    # (D13), and evaluation queries carry no sign, so the added rows are never read.
+    _grow_word_embeddings(state, own, report)
     dropped = set()
     for key in list(state):
         if key in own and state[key].shape != own[key].shape:

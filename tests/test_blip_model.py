@@ -233,8 +233,17 @@ def test_word_embeddings_grow_for_added_sign_tokens(tmp_path):
     assert torch.equal(weight[:VOCAB], small.text_encoder.embeddings.word_embeddings.weight)
     assert torch.equal(weight[VOCAB:], fresh_rows)
     assert len(report.resized) == 2 and not report.dropped_shape
-    with pytest.raises(RuntimeError, match="word_embeddings"):
-        load_blip_checkpoint(big, tmp_path / "small.pth", strict=True)
+    # strict (evaluation in fixed mode of a released model): the same growth, everything else must match
+    again = make_model(vocab=VOCAB + 9)
+    fresh_rows = again.text_encoder.embeddings.word_embeddings.weight[VOCAB:].clone()
+    report = load_blip_checkpoint(again, tmp_path / "small.pth", strict=True)
+    weight = again.text_encoder.embeddings.word_embeddings.weight
+    assert torch.equal(weight[:VOCAB], small.text_encoder.embeddings.word_embeddings.weight)
+    assert torch.equal(weight[VOCAB:], fresh_rows)
+    assert len(report.resized) == 2
+    torch.save({"model": big.state_dict()}, tmp_path / "big.pth")
+    with pytest.raises(RuntimeError, match="word_embeddings"):  # more rows in the file than the model: refused
+        load_blip_checkpoint(small, tmp_path / "big.pth", strict=True)
 
 
 def test_fine_blip_checkpoint_loads_strictly_and_rejects_other_key_sets(tmp_path):
