@@ -6,7 +6,7 @@
         --output_dir output/retrieval_fashionfine_fashiongen_ft_1
     # stage 2: plain captions, from a chosen stage-1 checkpoint (published: the third epoch's)
     python train_blip.py --config configs/blip/retrieval_fashionfine_2.yaml \
-        --checkpoint output/retrieval_fashionfine_fashiongen_ft_1/checkpoint_epoch2.pth \
+        --checkpoint output/retrieval_fashionfine_fashiongen_ft_1/checkpoint_2.pth \
         --output_dir output/retrieval_fashionfine_fashiongen_ft_2 [--set key=value ...] [--resume OUT/checkpoint_last.pth]
     # evaluation of a Fashion-FINE-on-BLIP model (strict load)
     python train_blip.py --config configs/blip/retrieval_fashionfine_eval.yaml \

@@ -63,7 +63,9 @@ class TrainConfig:
     clip_grad_norm: float | None = field(None, "max global gradient norm; null = no clipping")
     log_every: int = field(50, "iterations between log lines")
     checkpoint_every: int = field(0, "also write checkpoint_last.pth every N steps (0 = epoch ends only)")
-    keep_epoch_checkpoints: bool = field(False, "keep checkpoint_epoch{e}.pth for every epoch")
+    keep_epoch_checkpoints: bool = field(False, "keep a checkpoint of every epoch (named by epoch_checkpoint_name)")
+    epoch_checkpoint_name: str = field(
+        "checkpoint_epoch{epoch}.pth", "file name of the per-epoch checkpoints; {epoch} is the 0-based epoch")
     eval_every: int = field(1, "evaluate every N epochs (0 = never during training)")
     select_metric: str | None = field(None, "metric that selects checkpoint_best.pth")
     select_mode: Literal["max", "min"] = field("max", "whether a higher or lower select_metric is better")
@@ -79,6 +81,8 @@ class TrainConfig:
             raise ValueError("train.epochs must be >= 1")
         if self.log_every < 1:
             raise ValueError("train.log_every must be >= 1")
+        if "{epoch}" not in self.epoch_checkpoint_name:
+            raise ValueError(f"train.epoch_checkpoint_name must contain {{epoch}}, got {self.epoch_checkpoint_name!r}")
         if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
             raise ValueError(f"train.schedule_epochs ({self.schedule_epochs}) must be >= train.epochs ({self.epochs})")
 

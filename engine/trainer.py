@@ -243,7 +243,7 @@ class Trainer:
         if is_best:
             self.save(self.best_name)
         if self.cfg.keep_epoch_checkpoints:
-            self.save(f"checkpoint_epoch{epoch}.pth")
+            self.save(self.cfg.epoch_checkpoint_name.format(epoch=epoch))
         return stop
 
     def _select(self, epoch: int) -> tuple[bool, bool]:

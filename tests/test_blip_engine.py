@@ -77,9 +77,10 @@ def test_published_configs():
     assert (one.model.stage, one.data.train_annotation, one.data.test_annotation) == (
         1, "fashiongen_train_symbol.json", "fashiongen_test_symbol.json")
     assert one.checkpoint == "model_base.pth" and one.train.keep_epoch_checkpoints
+    assert one.train.epoch_checkpoint_name.format(epoch=2) == "checkpoint_2.pth"  # the published names
     assert (two.model.stage, two.train.epochs, two.optim.lr, two.data.train_annotation) == (
         2, 20, 1e-5, "fashiongen_train.json")
-    assert two.checkpoint.endswith("retrieval_fashionfine_fashiongen_ft_1/checkpoint_epoch2.pth")
+    assert two.checkpoint.endswith("retrieval_fashionfine_fashiongen_ft_1/checkpoint_2.pth")
     for cfg in (one, two, ev):
         assert (cfg.data.batch_size, cfg.data.eval_batch_size, cfg.eval.k_test) == (8, 64, 256)
         assert (cfg.optim.weight_decay, cfg.optim.decay_all, cfg.schedule.min_lr) == (0.05, True, 0.0)

@@ -268,8 +268,8 @@ def test_fine_blip_checkpoint_loads_strictly_and_rejects_other_key_sets(tmp_path
 
 def test_stage2_starts_from_a_stage1_checkpoint(tmp_path):
     stage1, stage2 = make_model(tiny_model_config(stage=1)), make_model(tiny_model_config(stage=2))
-    torch.save({"model": stage1.state_dict()}, tmp_path / "checkpoint_epoch2.pth")
-    report = load_blip_checkpoint(stage2, tmp_path / "checkpoint_epoch2.pth")
+    torch.save({"model": stage1.state_dict()}, tmp_path / "checkpoint_2.pth")
+    report = load_blip_checkpoint(stage2, tmp_path / "checkpoint_2.pth")
     assert sorted(report.unexpected) == sorted(f"{n}gram_conv.{p}" for n in ("uni", "bi", "tri")
                                                for p in ("weight", "bias"))
     assert not report.missing and not report.momentum_copied

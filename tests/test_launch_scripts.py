@@ -56,6 +56,6 @@ def test_blip_script_runs_both_stages_stage2_from_stage1(tmp_path):
                                                                    "CHECKPOINT": "model_base.pth"})
     assert value_of(stage1, "--output_dir") == ["o1"] and value_of(stage2, "--output_dir") == ["o2"]
     assert value_of(stage1, "--checkpoint") == ["model_base.pth"]
-    assert value_of(stage2, "--checkpoint") == ["o1/checkpoint_epoch2.pth"]
+    assert value_of(stage2, "--checkpoint") == ["o1/checkpoint_2.pth"]
     assert value_of(stage1, "--config") == ["configs/blip/retrieval_fashionfine_1.yaml"]
     assert value_of(stage2, "--config") == ["configs/blip/retrieval_fashionfine_2.yaml"]

@@ -51,9 +51,9 @@ def test_two_stages_learn_cross_modal_retrieval(synthetic_root, tmp_path):
 
     assert train_blip.main(["--config", str(TINY["1"]), "--output_dir", str(tmp_path / "stage1"),
                             "--set", *common]) == 0
-    assert (tmp_path / "stage1" / "checkpoint_epoch2.pth").is_file()
+    assert (tmp_path / "stage1" / "checkpoint_2.pth").is_file()
     assert train_blip.main(["--config", str(TINY["2"]), "--output_dir", str(tmp_path / "stage2"),
-                            "--checkpoint", str(tmp_path / "stage1" / "checkpoint_epoch2.pth"), "--set", *common]) == 0
+                            "--checkpoint", str(tmp_path / "stage1" / "checkpoint_2.pth"), "--set", *common]) == 0
     seconds = time.perf_counter() - start
 
     before, stage1, after = (read_metrics(tmp_path / name) for name in ("untrained", "stage1", "stage2"))
