@@ -28,14 +28,16 @@ from evaluation.cmr import (
     format_cmr_table,
     write_cmr_report,
 )
-from tasks.fine_common import extract
+from tasks.fine_common import SelectionEvaluator, extract
 from tasks.fine_schema import CMREvalConfig, FashionGenDataConfig
 
 TEST_SELECTION_WARNING = "model selection on the test split; numbers are not a clean test estimate"
 
 
-class CMREvaluator:
+class CMREvaluator(SelectionEvaluator):
     """Embeds one FashionGen evaluation set with a model and scores the configured protocols (rank 0 only)."""
+
+    reported_split, reported_warning = "test", TEST_SELECTION_WARNING
 
     def __init__(self, eval_set: FashionGenEvalSet, cfg: CMREvalConfig, *, name: str, batch_size: int,
                  num_workers: int, device: torch.device, precision: str, sets_dir: str | Path) -> None:
@@ -67,19 +69,6 @@ class CMREvaluator:
         return evaluate_cmr(self.eval_set.product_rows, self.eval_set.row_subcategory, text_emb=text_emb,
                             image_emb=image_emb, options=self.options, sampled_sets=self.provider,
                             product_ids=self.eval_set.product_ids, device=self.device, chunk_size=self.chunk_size)
-
-    @property
-    def selection_warning(self) -> str | None:
-        """The warning that selecting on this set deserves (recorded in the result file), if any."""
-        return TEST_SELECTION_WARNING if self.name == "test" else None
-
-    def __call__(self, model: nn.Module, epoch: int | None = None) -> dict[str, float]:
-        """Trainer hook: metrics on rank 0 (other ranks return {} and receive rank 0's by broadcast)."""
-        if not du.is_main_process():
-            return {}
-        if self.selection_warning:
-            get_logger().warning(self.selection_warning)
-        return self.run(model).metrics
 
 
 def split_products(data: FashionGenDataConfig, train: FashionGenSplit,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from engine import distributed as du
 from engine.config import ConfigError, config_to_dict
 from engine.data import EpochSampler, TrainLoader, move_to_device
 from engine.distributed import DistInfo
@@ -21,6 +22,32 @@ from engine.sections import OptimConfig, ScheduleConfig
 from engine.trainer import BEST, LAST, FitResult, Trainer
 from models.checkpoint_keys import load_checkpoint
 from models.fine_config import CompatConfig, FineModelConfig, LossConfig
+
+
+class SelectionEvaluator:
+    """Base of the task evaluators: the trainer hook (metrics on rank 0; other ranks return {} and receive
+    rank 0's by broadcast) and the warning that selecting on the reported split deserves.
+
+    Subclasses set `name` (the evaluated set), `reported_split` and `reported_warning`, and define `run`."""
+
+    name: str
+    reported_split: str
+    reported_warning: str
+
+    def run(self, model: nn.Module) -> Any:
+        raise NotImplementedError
+
+    @property
+    def selection_warning(self) -> str | None:
+        """The warning that selecting on this set deserves (recorded in the result file), if any."""
+        return self.reported_warning if self.name == self.reported_split else None
+
+    def __call__(self, model: nn.Module, epoch: int | None = None) -> dict[str, float]:
+        if not du.is_main_process():
+            return {}
+        if self.selection_warning:
+            get_logger().warning(self.selection_warning)
+        return self.run(model).metrics
 
 
 def build_model(model_cls: type[nn.Module], model: FineModelConfig, loss: LossConfig, compat: CompatConfig,

@@ -36,14 +36,23 @@ from evaluation.tgir import (
     write_tgir_report,
 )
 from models.fine_tgir import FineTGIRModel
-from tasks.fine_common import build_model, check_queue_size, extract, initialise, train_select_report
+from tasks.fine_common import (
+    SelectionEvaluator,
+    build_model,
+    check_queue_size,
+    extract,
+    initialise,
+    train_select_report,
+)
 from tasks.fine_schema import TGIRConfig
 
 VAL_SELECTION_WARNING = "model selection on FashionIQ val, the reported split; numbers are not a clean test estimate"
 
 
-class TGIREvaluator:
+class TGIREvaluator(SelectionEvaluator):
     """Embeds the galleries once (the union of their images) and the queries of each set, then ranks."""
+
+    reported_split, reported_warning = "val", VAL_SELECTION_WARNING
 
     def __init__(self, sets: Mapping[str, tuple[TGIRQueryDataset, list[str]]], layout: FashionIQLayout,
                  options: TGIROptions, *, image_res: int, batch_size: int, num_workers: int, device: torch.device,
@@ -67,19 +76,6 @@ class TGIREvaluator:
             query_sets[set_name] = QuerySet(query_emb, queries.reference_names, queries.target_names,
                                             gallery_names, by_name)
         return evaluate_tgir(query_sets, self.options, device=self.device, chunk_size=self.chunk_size)
-
-    @property
-    def selection_warning(self) -> str | None:
-        """The warning that selecting on this set deserves (recorded in the result file), if any."""
-        return VAL_SELECTION_WARNING if self.name == "val" else None
-
-    def __call__(self, model: nn.Module, epoch: int | None = None) -> dict[str, float]:
-        """Trainer hook: metrics on rank 0 (others receive them by broadcast)."""
-        if not du.is_main_process():
-            return {}
-        if self.selection_warning:
-            get_logger().warning(self.selection_warning)
-        return self.run(model).metrics
 
 
 def val_sets(cfg: TGIRConfig, layout: FashionIQLayout, tokenizer: Any, add_sep: bool,
