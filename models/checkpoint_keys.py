@@ -115,11 +115,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = False)
     report = LoadReport(path=str(path))
     state, report.remapped = remap_published_keys(state)
     own = module.state_dict()
-    found = [p for p in REQUIRED_PREFIXES if any(k.startswith(p) for k in state)]
-    if len(found) < len(REQUIRED_PREFIXES):
-        missing = sorted(set(REQUIRED_PREFIXES) - set(found))
-        raise RuntimeError(f"{path} does not hold a Fashion-FINE/ALBEF model: no keys under {missing} "
-                           f"(first keys in the file: {sorted(state)[:5]})")
+    _require_encoder_keys(state, path, "a Fashion-FINE/ALBEF model")
     _interpolate(state, own, report)
     for key in list(state):
         if key in own and state[key].shape != own[key].shape:
@@ -152,6 +148,14 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = False)
         report.momentum_copied = True
     get_logger().info(report.summary())
     return report
+
+
+def _require_encoder_keys(state: dict[str, torch.Tensor], path: str | Path, kind: str) -> None:
+    """A file without the encoder weights is another model's checkpoint: an error, never a partial load."""
+    missing = sorted(p for p in REQUIRED_PREFIXES if not any(k.startswith(p) for k in state))
+    if missing:
+        raise RuntimeError(f"{path} does not hold {kind}: no keys under {missing} "
+                           f"(first keys in the file: {sorted(state)[:5]})")
 
 
 def _is_momentum_key(key: str) -> bool:
@@ -198,11 +202,7 @@ def load_blip_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = F
                             "which the retrieval model does not have")
         state = {k: v for k, v in state.items() if not k.startswith(BLIP_IGNORED_PREFIXES)}
     own = module.state_dict()
-    found = [p for p in REQUIRED_PREFIXES if any(k.startswith(p) for k in state)]
-    if len(found) < len(REQUIRED_PREFIXES):
-        missing = sorted(set(REQUIRED_PREFIXES) - set(found))
-        raise RuntimeError(f"{path} does not hold a BLIP / Fashion-FINE-on-BLIP model: no keys under {missing} "
-                           f"(first keys in the file: {sorted(state)[:5]})")
+    _require_encoder_keys(state, path, "a BLIP / Fashion-FINE-on-BLIP model")
     _interpolate(state, own, report)
     # Also when strict: fixed-mode evaluation of a released 30524-row model registers the nine sign tokens
     # (D13), and evaluation queries carry no sign, so the added rows are never read.
