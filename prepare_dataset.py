@@ -1,4 +1,4 @@
-"""Turn the raw FashionGen HDF5 files into the files training and evaluation read (spec fine-data-eval.md §2).
+"""Turn the raw FashionGen HDF5 files into the files training and evaluation read.
 
 Outputs under DATA_ROOT (the folder holding fashiongen_256_256_{train,validation}.h5):
 
@@ -32,9 +32,9 @@ import re
 import shutil
 import sys
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,8 @@ from datasets.fashiongen_h5 import (
     read_rows,
 )
 from datasets.fashiongen_meta import CATEGORY_SIGN_FILENAME, category_to_sign, sign_for_category
+from datasets.fashioniq import read_triplet_records
+from engine.atomic import atomic_write, write_json, write_text
 from engine.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -81,18 +83,6 @@ class PrepareError(DataError):
 # ----------------------------------------------------------------------------- small file helpers
 
 
-def _partial_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write UTF-8 text to `path` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial_path(path)
-    partial.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(partial, path)
-
-
 class JsonListWriter:
     """Write a JSON list element by element; the file appears (atomically) only on a clean exit.
 
@@ -104,14 +94,22 @@ class JsonListWriter:
         self.path = Path(path)
         self.indent = indent
         self.count = 0
-        self._partial = _partial_path(self.path)
         self._fh: Any = None
+        self._session: Any = None
 
     def __enter__(self) -> JsonListWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self._partial, "w", encoding="utf-8", newline="\n")
-        self._fh.write("[")
-        return self
+        self._session = self._open()
+        return self._session.__enter__()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        return self._session.__exit__(exc_type, exc, tb)
+
+    @contextmanager
+    def _open(self) -> Iterator[JsonListWriter]:
+        with atomic_write(self.path) as self._fh:
+            self._fh.write("[")
+            yield self
+            self._fh.write("\n]\n" if self.count else "]\n")
 
     def write(self, item: Any) -> None:
         text = json.dumps(item, ensure_ascii=False, indent=self.indent, allow_nan=False)
@@ -119,15 +117,6 @@ class JsonListWriter:
             text = textwrap.indent(text, " " * self.indent)
         self._fh.write(("\n" if self.count == 0 else ",\n") + text)
         self.count += 1
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self._fh.write("\n]\n" if self.count else "]\n")
-            self._fh.close()
-            os.replace(self._partial, self.path)
-        else:
-            self._fh.close()
-            self._partial.unlink(missing_ok=True)
 
 
 def write_json_list(path: Path, items: Iterable[Any], indent: int | None = None) -> int:
@@ -168,7 +157,7 @@ def framework_version() -> str:
 def write_category_sign_file(data_root: Path) -> Path:
     """Write `categorys_to_sign.txt` (category<TAB>sign, packaged table order) under data_root."""
     path = data_root / CATEGORY_SIGN_FILENAME
-    atomic_write_text(path, "".join(f"{category}\t{sign}\n" for category, sign in category_to_sign().items()))
+    write_text(path, "".join(f"{category}\t{sign}\n" for category, sign in category_to_sign().items()))
     return path
 
 
@@ -178,7 +167,7 @@ def sign_name(sign: str) -> str:
 
 
 def symbol_caption(sign: str, caption: str) -> str:
-    """Caption prefixed with the bracket-less sign name and a space (§2.2 item 5)."""
+    """Caption prefixed with the bracket-less sign name and a space (`coats_sign ...`)."""
     return f"{sign_name(sign)} {caption}"
 
 
@@ -189,7 +178,7 @@ def row_sign(category: Any, row: int, product_id: int, source: str) -> str:
     except (KeyError, DataError):
         raise FashionGenFormatError(
             f"{source}: row {row} (product {product_id}): {CATEGORY_KEY} value {category!r} has no sign "
-            f"in the category->sign table ({CATEGORY_SIGN_FILENAME}, spec §3.5)"
+            f"in the category->sign table ({CATEGORY_SIGN_FILENAME}, 48 FashionGen categories)"
         ) from None
 
 
@@ -240,13 +229,13 @@ class EvalAnnotationSink:
 
 
 def copy_eval_annotations_to_val(annotation_dir: Path) -> list[Path]:
-    """`fashiongen_val{,_symbol}.json` are byte-identical copies of the test files (§2.2 item 5)."""
+    """`fashiongen_val{,_symbol}.json` are byte-identical copies of the test files (as
+    in the published annotation folder)."""
     written = []
     for suffix in ("", "_symbol"):
         target = annotation_dir / f"fashiongen_val{suffix}.json"
-        partial = _partial_path(target)
-        shutil.copyfile(annotation_dir / f"fashiongen_test{suffix}.json", partial)
-        os.replace(partial, target)
+        with open(annotation_dir / f"fashiongen_test{suffix}.json", "rb") as src, atomic_write(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
         written.append(target)
     return written
 
@@ -298,7 +287,7 @@ def prepare_split(
         sink.finish()
     outputs = [info.path, *sink.outputs()]
     product_list = data_root / split / PRODUCT_LIST_FILENAME
-    atomic_write_text(product_list, json.dumps(groups) + "\n")
+    write_text(product_list, json.dumps(groups) + "\n")
     outputs.insert(0, product_list)
     if split == "validation":
         outputs += copy_eval_annotations_to_val(annotation_dir)
@@ -315,9 +304,8 @@ def row_image_names(groups: ProductGroups) -> list[str]:
 
 def save_png(pixels: np.ndarray, path: Path) -> None:
     """Save an (H, W, 3) uint8 array as an RGB PNG, pixels unchanged, atomically."""
-    partial = _partial_path(path)
-    Image.fromarray(np.ascontiguousarray(pixels)).save(partial, format="PNG")
-    os.replace(partial, path)
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(np.ascontiguousarray(pixels)).save(f, format="PNG")
 
 
 def extract_images(
@@ -374,32 +362,13 @@ def check_product_id_collisions(groups_by_split: dict[str, ProductGroups], data_
 
 
 def load_fashioniq_triplets(path: Path) -> list[dict[str, Any]]:
-    """Read one FashionIQ caption file and check every triplet's keys (§7.2)."""
+    """Read one FashionIQ caption file, every record checked by `datasets.fashioniq.read_triplet_records`."""
     if not path.is_file():
         raise FileNotFoundError(
             f"FashionIQ caption file not found: {path} (create synthetic data with "
             f"`{FASHIONIQ_CREATE_COMMAND.format(root=path.parent.parent)}`, or download the FashionIQ release)"
         )
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PrepareError(f"{path}: not valid JSON: {' '.join(str(exc).split())}") from None
-    if not isinstance(items, list):
-        raise PrepareError(f"{path}: expected a JSON list of triplets")
-    for index, item in enumerate(items):
-        captions = item.get("captions") if isinstance(item, dict) else None
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("candidate"), str)
-            or not isinstance(item.get("target"), str)
-            or not isinstance(captions, list)
-            or not all(isinstance(c, str) for c in captions)
-        ):
-            raise PrepareError(
-                f"{path}: entry {index}: expected {{'candidate': str, 'target': str, 'captions': [str, ...]}}, "
-                f"got {str(item)[:80]}"
-            )
-    return items
+    return read_triplet_records(path)
 
 
 def merge_fashioniq_captions(root: Path) -> dict[str, Any]:
@@ -471,7 +440,7 @@ def write_manifest(
     manifest = {
         "framework": "FashionFINE",
         "framework_version": framework_version(),
-        "spec": "fine-data-eval.md §2.2",
+        "spec": "prepare_dataset.py outputs (see its module docstring)",
         "options": {
             "split": "all" if len(options.splits) == len(SPLITS) else options.splits[0],
             "extract_images": options.extract_images,
@@ -483,7 +452,7 @@ def write_manifest(
     fashioniq = fashioniq if fashioniq is not None else previous.get("fashioniq")
     if fashioniq is not None:
         manifest["fashioniq"] = fashioniq
-    atomic_write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    write_json(path, manifest, indent=2, ensure_ascii=False)
     return path
 
 

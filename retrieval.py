@@ -1,4 +1,4 @@
-"""Fashion-FINE cross-modal retrieval on FashionGen: fine-tuning (`bash retrieval.sh`) and evaluation
+r"""Fashion-FINE cross-modal retrieval on FashionGen: fine-tuning (`bash retrieval.sh`) and evaluation
 (`bash eval_cmr.sh CHECKPOINT`, i.e. `--evaluate`).
 
     python retrieval.py --config configs/retrieval.yaml --checkpoint FashionFINE_pt/checkpoint_best.pth \
@@ -13,27 +13,13 @@ against every test text) and the sampled protocol (1,000 queries x 101 candidate
 
 from __future__ import annotations
 
-from typing import Any
-
-from datasets.fashiongen import FashionGenCMRTrainDataset, FashionGenSplit
 from engine.run import run_main
-from models.fine_retrieval import FineRetrievalModel
-from tasks.fashiongen_run import parse, run_fashiongen
-from tasks.fine_schema import RetrievalConfig
-
-
-def make_dataset(cfg: RetrievalConfig, split: FashionGenSplit, tokenizer: Any,
-                 products: list[int] | None) -> FashionGenCMRTrainDataset:
-    """One item per training product (a random row of it each epoch)."""
-    return FashionGenCMRTrainDataset(split, tokenizer, image_res=cfg.model.vision.image_res,
-                                     randaugment_magnitude=cfg.data.randaugment_magnitude, products=products,
-                                     seed=cfg.runtime.seed, max_length=cfg.data.max_words,
-                                     legacy_tokenization=cfg.compat.is_compat("text_layout"))
+from tasks import runner
+from tasks.fashiongen import RetrievalTask
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, cfg = parse(argv, __doc__, RetrievalConfig, "configs/retrieval.yaml")
-    return run_fashiongen(args, cfg, FineRetrievalModel, make_dataset)
+    return runner.main(RetrievalTask, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Fashion-FINE text-guided image retrieval on FashionIQ: fine-tuning (`bash tgir.sh`) and evaluation
+r"""Fashion-FINE text-guided image retrieval on FashionIQ: fine-tuning (`bash tgir.sh`) and evaluation
 (`bash eval_TGIR.sh CHECKPOINT`, i.e. `--evaluate`).
 
     python tgir.py --config configs/tgir.yaml --checkpoint FashionFINE_pt/checkpoint_best.pth \
@@ -13,14 +13,12 @@ paper reports, and writes `results_val.json` with the gallery options used.
 from __future__ import annotations
 
 from engine.run import run_main
-from tasks.fashiongen_run import parse
-from tasks.fine_schema import TGIRConfig
-from tasks.tgir_run import run_tgir
+from tasks import runner
+from tasks.tgir import TGIRTask
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, cfg = parse(argv, __doc__, TGIRConfig, "configs/tgir.yaml")
-    return run_tgir(args, cfg)
+    return runner.main(TGIRTask, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Fashion-FINE on BLIP: two-stage fine-tuning on FashionGen (`bash fashionfine_blip.sh`) and evaluation
+r"""Fashion-FINE on BLIP: two-stage fine-tuning on FashionGen (`bash fashionfine_blip.sh`) and evaluation
 (`bash eval_fashionfine_blip.sh CHECKPOINT`, i.e. `--evaluate`).
 
     # stage 1: sign-prefixed captions, phrase branch and symbol loss, from BLIP's model_base.pth
@@ -21,14 +21,12 @@ queries x 101 candidates), and writes `results_test.json`.
 from __future__ import annotations
 
 from engine.run import run_main
-from tasks.blip_run import run_blip
-from tasks.blip_schema import BlipRetrievalConfig
-from tasks.fashiongen_run import parse
+from tasks import runner
+from tasks.fine_blip import FineBlipTask
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, cfg = parse(argv, __doc__, BlipRetrievalConfig, "configs/blip/retrieval_fashionfine_2.yaml")
-    return run_blip(args, cfg)
+    return runner.main(FineBlipTask, argv, __doc__)
 
 
 if __name__ == "__main__":

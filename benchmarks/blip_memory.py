@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.config import load_config  # noqa: E402
-from models.blip_retrieval import FineBlipRetrieval  # noqa: E402
-from models.fine_config import CompatConfig  # noqa: E402
+from models.fine_blip import FineBlipRetrieval  # noqa: E402
 from tasks.blip_schema import BlipRetrievalConfig  # noqa: E402
+from tasks.compat import CompatConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {
@@ -57,7 +57,7 @@ def measure(preset: str, ckpt: int, batch: int, steps: int, device: str, stage: 
                               vision=dataclasses.replace(cfg.vision, grad_ckpt_layers=ckpt))
     dev = torch.device(device)
     torch.manual_seed(0)
-    model = FineBlipRetrieval(cfg, load_config(BlipRetrievalConfig, [ROOT / path]).loss, CompatConfig(), vocab,
+    model = FineBlipRetrieval(cfg, load_config(BlipRetrievalConfig, [ROOT / path]).loss, CompatConfig().model_behaviour(), vocab,
                               102, vocab - 1).to(dev).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.05)
     res = cfg.vision.image_res

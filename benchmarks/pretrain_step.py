@@ -64,7 +64,7 @@ def peak_rss_mib() -> float:
 
 def synthetic_batch(batch: int, length: int, image_res: int, vocab: int, device: torch.device,
                     generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random inputs with the shapes and layout of a FashionGen pretraining batch (fine-model.md §1.3)."""
+    """Random inputs with the shapes and layout of a FashionGen pretraining batch (`datasets/pretrain_text.py`)."""
     first_word = FIRST_WORD_ID if vocab > FIRST_WORD_ID + 100 else 14
     cls_id, sep_id = (CLS_ID, SEP_ID) if vocab > SEP_ID else (11, 12)
     lengths = torch.randint(length // 3, length + 1, (batch,), generator=generator)

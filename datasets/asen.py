@@ -1,5 +1,5 @@
-"""ASEN++ data: split/label/query/candidate files (asenpp.md §1.3), their validator, image datasets and the
-per-epoch triplet batch sampler (§1.4).
+"""ASEN++ data: split/label/query/candidate files (the published formats), their validator, image datasets and
+the per-epoch triplet batch sampler.
 
 Every malformed record is reported as ``file:line: reason``. Indices are 0-based; "line" is 1-based.
 """
@@ -25,7 +25,7 @@ from engine.seeding import derive_seed
 
 SYNTHETIC_COMMAND = "python -m datasets.synthetic asen --out data/synthetic"
 MISSING_HINT = (
-    "the FashionAI/DARN/DeepFashion split files come from the published data.zip (asenpp.md §1.2); "
+    "the FashionAI/DARN/DeepFashion split files come from the published ASEN++ data.zip; "
     f"for synthetic data run `{SYNTHETIC_COMMAND}`"
 )
 SPLITS = ("train", "valid", "test")
@@ -294,8 +294,8 @@ def _eligible_table(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TripletBatchSampler:
-    """Per-epoch triplets (asenpp.md §1.4), drawn from (seed, epoch) so every rank and every resume sees the
-    same epoch; yields batches of `(fid, attribute)` keys ordered [anchors, positives, negatives].
+    """Per-epoch triplets (published sampling rules), drawn from (seed, epoch) so every rank and every resume
+    sees the same epoch; yields batches of `(fid, attribute)` keys ordered [anchors, positives, negatives].
 
     One epoch is `num_triplets` triplets in ceil(num_triplets / batch_size) global batches. `global` mode
     splits each batch over the ranks (a last batch smaller than the world size is dropped); `per_rank`

@@ -1,4 +1,4 @@
-"""ASEN++ image transforms (asenpp.md §4.4): no augmentation; the local crop lives in models/asen_crop.py."""
+"""ASEN++ image transforms, as published: no augmentation; the local crop lives in models/asen_crop.py."""
 
 from __future__ import annotations
 

@@ -1,19 +1,19 @@
-"""FashionGen datasets read straight from the HDF5 files (fine-data-eval.md §1, §3, §5, §6.1, §6.5; D3, D8).
+"""FashionGen datasets read straight from the HDF5 files.
 
 * `FashionGenSplit` — index of one split: product groups from `<root>/<split>/productid_list.json` checked
   against the HDF5 product ids, per-row category/subcategory, dense product ordinals, lazy HDF5 access.
 * `FashionGenPretrainDataset` — one item per row (pretraining text with masking / replaced tokens).
-* `FashionGenCMRTrainDataset` — one item per product, a random row of it (CMR fine-tuning, §5.1).
+* `FashionGenCMRTrainDataset` — one item per product, a random row of it (CMR fine-tuning).
 * `FashionGenEvalSet` — evaluation images (every row of the chosen products) and texts (one per product).
-* `heldout_products` & co. — the product-level held-out slice of train used for model selection (§6.5).
+* `HELDOUT_FILENAME`, `HELDOUT_KIND` — the held-out train products for model selection (`datasets.heldout`).
 
 HDF5 handles are opened lazily per process (keyed by `os.getpid()`), never pickled, and closed in the
-parent before any fork, so datasets are safe in forked or spawned DataLoader workers (D3).
+parent before any fork, so datasets are safe in forked or spawned DataLoader workers (the published code
+shared one handle opened before the workers forked).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import weakref
 from collections.abc import Sequence
@@ -28,7 +28,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from datasets.fashiongen_h5 import (
-    CATEGORY_KEY,
     DESCRIPTION_KEY,
     IMAGE_KEY,
     PRODUCT_ID_KEY,
@@ -46,20 +45,19 @@ from datasets.text import CMR_PREFIX, encode_fixed_length, pre_caption
 from datasets.transforms import TestTransform, TrainTransform
 from datasets.wordnet import Lexicon
 from engine.errors import DataError
-from engine.seeding import derive_seed, item_rng
+from engine.seeding import item_rng
 
 MAX_LENGTH = 180  # published --max_word_num for CMR and pretraining
-DEFAULT_HELDOUT_PRODUCTS = 1000
-HELDOUT_FILENAME = "fashiongen_heldout_products.json"  # written under <output_dir>/eval_sets/
+HELDOUT_FILENAME = "fashiongen_heldout_products.json"  # datasets.heldout file under <output_dir>/eval_sets/
+HELDOUT_KIND = "fashiongen-train-products"
 PREPARE_COMMAND = "python prepare_dataset.py --data-root {root}"
-_HELDOUT_STREAM = 0x48454C44  # "HELD": keeps the held-out draw independent of other uses of the seed
 
 
 # ----------------------------------------------------------------------------- lazy HDF5 handle
 
 
 class LazyH5:
-    """An HDF5 file opened read-only on first use in each process; the handle is never pickled (D3)."""
+    """An HDF5 file opened read-only on first use in each process; the handle is never pickled."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -134,7 +132,7 @@ def _scalar(value: Any) -> Any:
 class FashionGenSplit:
     """Index of one FashionGen split: products, rows, per-row category/subcategory, lazy HDF5 reads.
 
-    Rows of a product are contiguous (checked by `load_product_groups`, D18), so product p owns rows
+    Rows of a product are contiguous (checked by `load_product_groups`), so product p owns rows
     `product_starts[p] .. product_starts[p + 1] - 1`; `row_product[r]` is the dense product ordinal of row r.
     Nothing is read from `info_data.json`.
     """
@@ -147,7 +145,6 @@ class FashionGenSplit:
             num_rows = int(h5file[PRODUCT_ID_KEY].shape[0])
             self.image_size = tuple(int(s) for s in h5file[IMAGE_KEY].shape[1:3])
             row_ids = read_rows(h5file, PRODUCT_ID_KEY, 0, num_rows).astype(np.int64)
-            self._categories, self._row_category = self._codes(h5file, CATEGORY_KEY, num_rows)
             self._subcategories, self._row_subcategory = self._codes(h5file, SUBCATEGORY_KEY, num_rows)
         groups = load_product_groups(self.product_list_path)
         counts = np.array([len(rows) for _, rows in groups], dtype=np.int64)
@@ -180,9 +177,6 @@ class FashionGenSplit:
     def product_rows(self, product: int) -> range:
         """Rows of product ordinal `product`, in pose order."""
         return range(int(self.product_starts[product]), int(self.product_starts[product + 1]))
-
-    def row_category(self, row: int) -> str:
-        return self._categories[self._row_category[row]]
 
     def row_subcategory(self, row: int) -> str:
         return self._subcategories[self._row_subcategory[row]]
@@ -223,86 +217,6 @@ class FashionGenSplit:
     def close(self) -> None:
         """Close this process's HDF5 handle (reopened on the next read)."""
         self._h5.close()
-
-
-# ----------------------------------------------------------------------------- held-out products (§6.5)
-
-
-def heldout_products(num_products: int, count: int = DEFAULT_HELDOUT_PRODUCTS, seed: int = 0) -> list[int]:
-    """`count` product ordinals drawn without replacement from [0, num_products), seeded, sorted."""
-    if count < 1 or count >= num_products:
-        raise DataError(
-            f"cannot hold out {count} of {num_products} training products: the held-out count must be "
-            f"at least 1 and smaller than the number of products (set a smaller held-out size)"
-        )
-    rng = np.random.default_rng(derive_seed(seed, _HELDOUT_STREAM))
-    return sorted(rng.choice(num_products, size=count, replace=False).tolist())
-
-
-def remaining_products(num_products: int, excluded: Sequence[int]) -> list[int]:
-    """Product ordinals of [0, num_products) not in `excluded` (the training products)."""
-    keep = np.ones(num_products, dtype=bool)
-    keep[np.asarray(list(excluded), dtype=np.int64)] = False
-    return np.flatnonzero(keep).tolist()
-
-
-def save_heldout_products(path: str | Path, products: Sequence[int], num_products: int, seed: int,
-                          product_ids: Sequence[int] | None = None) -> Path:
-    """Write the held-out selection (ordinals, and product ids when given) as JSON, atomically."""
-    path = Path(path)
-    record: dict[str, Any] = {
-        "num_products": int(num_products),
-        "count": len(products),
-        "seed": int(seed),
-        "products": [int(p) for p in products],
-    }
-    if product_ids is not None:
-        record["product_ids"] = [int(product_ids[p]) for p in products]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-    return path
-
-
-def load_heldout_products(path: str | Path, num_products: int,
-                          product_ids: Sequence[int] | None = None) -> list[int]:
-    """Read a held-out file and check it belongs to this training split."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        products = [int(p) for p in record["products"]]
-        stored_total = int(record["num_products"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a held-out product file ({exc}); delete it to draw a new one") from None
-    if stored_total != num_products or any(not 0 <= p < num_products for p in products):
-        raise DataError(
-            f"{path} was drawn for {stored_total} training products, this split has {num_products}; "
-            "delete it to draw a new one"
-        )
-    if product_ids is not None and "product_ids" in record:
-        if [int(product_ids[p]) for p in products] != [int(i) for i in record["product_ids"]]:
-            raise DataError(f"{path}: product ids differ from the training split's; delete it to draw a new one")
-    return products
-
-
-def load_or_create_heldout_products(path: str | Path, num_products: int,
-                                    count: int = DEFAULT_HELDOUT_PRODUCTS, seed: int = 0,
-                                    product_ids: Sequence[int] | None = None) -> list[int]:
-    """Reuse the held-out file at `path` if present (same count and seed required), else draw and save it."""
-    path = Path(path)
-    if path.is_file():
-        products = load_heldout_products(path, num_products, product_ids)
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if len(products) != count or int(record.get("seed", seed)) != seed:
-            raise DataError(
-                f"{path} holds {len(products)} products drawn with seed {record.get('seed')}, but "
-                f"{count} with seed {seed} were asked for; delete it or use the same settings"
-            )
-        return products
-    products = heldout_products(num_products, count, seed)
-    save_heldout_products(path, products, num_products, seed, product_ids)
-    return products
 
 
 # ----------------------------------------------------------------------------- training datasets
@@ -352,10 +266,11 @@ class FashionGenPretrainDataset(Dataset):
 
 
 class FashionGenCMRTrainDataset(Dataset):
-    """CMR fine-tuning: one item per product; a row of it drawn from `item_rng(seed, epoch, product)` (§5.1).
+    """CMR fine-tuning: one item per product; a row of it drawn from `item_rng(seed, epoch, product)`.
 
     Text: clean("the image description is " + the row's description), `[CLS] ... [SEP]` padded to
-    max_length; `legacy_tokenization=True` gives the published `[CLS]` + pieces without `[SEP]` (D8).
+    max_length; `legacy_tokenization=True` gives the published `[CLS]` + pieces without `[SEP]`
+    (docs/compat.md, compat.text_layout).
     Item: `image` float32 (3, R, R); `input_ids`, `attention_mask` long (max_length,); `product_idx` long.
     """
 
@@ -429,13 +344,9 @@ class FashionGenEvalTexts(Dataset):
         ids, mask = encode_fixed_length(self.tokenizer, [self.text(i)], self.max_length, add_sep=True)
         return {"input_ids": ids[0], "attention_mask": mask[0], "index": torch.tensor(i, dtype=torch.long)}
 
-    def encode_all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All texts at once: ids and attention mask, (P_eval, max_length) long each."""
-        return encode_fixed_length(self.tokenizer, [self.text(i) for i in range(len(self))], self.max_length)
-
 
 class FashionGenEvalSet:
-    """CMR evaluation candidates over a split and an optional product subset (§6.1).
+    """CMR evaluation candidates over a split and an optional product subset.
 
     `images` / `texts` are the two datasets; `product_rows[p]` lists the evaluation-image indices
     (0..N_eval-1) of product p (p = position in `products`), `row_subcategory[i]` is the subcategory of

@@ -1,5 +1,5 @@
-"""FashionGen for the BLIP variant: annotation JSONs + extracted image files (fine-data-eval.md §2.2 items 4-5,
-§3.1, §3.2; fine-model.md §5, D13).
+"""FashionGen for the BLIP variant: annotation JSONs + extracted image files (`prepare_dataset.py
+--extract-images`); sign handling: docs/compat.md, compat.blip_sign_token.
 
 * `load_blip_tokenizer` / `add_blip_tokens` — a local bert-base-uncased vocabulary plus `[DEC]` (bos) and
   `[ENC]` (vocab 30524 for the stock file) and, in fixed sign mode, the nine `[xxx_sign]` special tokens.
@@ -44,8 +44,8 @@ _IMAGE_NAME = re.compile(r"^(\d+)_(\d+)\.[A-Za-z]+$")
 
 
 def add_blip_tokens(tokenizer: BertTokenizer, sign_tokens: bool = False) -> BertTokenizer:
-    """Register BLIP's `[DEC]` (bos) and `[ENC]` and, with `sign_tokens`, the nine `[xxx_sign]` (D13 fixed)
-    as special tokens; tokens missing from the vocabulary get new ids at its end, in that order. Sets
+    """Register BLIP's `[DEC]` (bos) and `[ENC]` and, with `sign_tokens`, the nine `[xxx_sign]`
+    (fixed sign mode) as special tokens; tokens missing from the vocabulary get new ids at its end, in that order. Sets
     `tokenizer.enc_token_id`. With the stock 30522-entry vocabulary: 30524 entries (30533 with the signs,
     which a Fashion-FINE vocabulary already holds at ids 1..9)."""
     tokenizer.add_special_tokens({"bos_token": DEC_TOKEN})
@@ -82,11 +82,11 @@ def split_sign(caption: str) -> tuple[str | None, str]:
 
 
 class BlipCaptions:
-    """Caption -> `[CLS] (sign) pieces [SEP]` ids padded to `max_length`, BLIP-cleaned (§3.1).
+    """Caption -> `[CLS] (sign) pieces [SEP]` ids padded to `max_length`, BLIP-cleaned.
 
-    `sign_tokens` (D13 fixed): a leading sign name becomes the `[xxx_sign]` token at position 1, or is
-    dropped with `keep_sign=False`; otherwise (compat) the caption is tokenised as it is, so the published
-    `coats_sign` is split into `coats`, `_`, `sign` and stays in evaluation queries too.
+    `sign_tokens` (fixed sign mode, docs/compat.md): a leading sign name becomes the `[xxx_sign]` token at
+    position 1, or is dropped with `keep_sign=False`; otherwise (compat) the caption is tokenised as it is, so
+    the published `coats_sign` is split into `coats`, `_`, `sign` and stays in evaluation queries too.
     """
 
     def __init__(self, tokenizer: BertTokenizer, *, max_words: int = 180, max_length: int = 180,
@@ -287,7 +287,7 @@ class BlipEvalSet:
     they are `<productID>_<k>.png`, else None) and, loaded on first use for the sampled protocol,
     `row_subcategory` from the split's `info_data.json`.
 
-    Evaluation queries carry no sign in fixed sign mode (D13: stripped); in compat the published sign word
+    Evaluation queries carry no sign in fixed sign mode (stripped); in compat the published sign word
     stays. `text_has_sign`: whether position 1 of the encoded texts holds a sign.
     """
 
@@ -315,7 +315,7 @@ class BlipEvalSet:
     @classmethod
     def from_test_annotation(cls, path: str | Path, image_root: str | Path, encoder: BlipCaptions, *,
                              image_res: int, info_data: str | Path | None = None) -> BlipEvalSet:
-        """Per-product records `{"caption": str, "image": [names]}` (§2.2 item 5)."""
+        """Per-product records `{"caption": str, "image": [names]}` (`prepare_dataset.py`)."""
         path = Path(path)
         records = read_annotation(path)
         captions = [_field(path, i, rec, "caption", str) for i, rec in enumerate(records)]

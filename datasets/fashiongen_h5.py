@@ -1,4 +1,4 @@
-"""Reading helpers for the raw FashionGen HDF5 files (spec fine-data-eval.md §1, §2.2, D18).
+"""Reading helpers for the raw FashionGen HDF5 files (keys, string decoding, contiguous product rows).
 
 Shared by `prepare_dataset.py` and the FashionGen training/evaluation datasets. Every
 problem with an input file is raised as `FileNotFoundError` (file absent) or
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from engine.errors import DataError
 
 H5_FILENAME_TEMPLATE = "fashiongen_256_256_{split}.h5"
 SPLITS: tuple[str, ...] = ("train", "validation")
-# "val" and "test" both mean the validation file: FashionGen has no separate test split (§1.1).
+# "val" and "test" both mean the validation file: FashionGen has no separate test split.
 SPLIT_ALIASES: dict[str, str] = {
     "train": "train",
     "validation": "validation",
@@ -39,7 +39,7 @@ DESCRIPTION_KEY = "input_description"
 CATEGORY_KEY = "input_category"
 SUBCATEGORY_KEY = "input_subcategory"
 
-# Byte-string datasets (Latin-1 encoded, §1.3).
+# Byte-string datasets (Latin-1 encoded).
 TEXT_KEYS: frozenset[str] = frozenset(
     {
         "input_description",
@@ -56,7 +56,7 @@ TEXT_KEYS: frozenset[str] = frozenset(
     }
 )
 INTEGER_KEYS: frozenset[str] = frozenset({"input_productID", "index", "index_2"})
-# Every key of the released files (§1.3).
+# Every key of the released files.
 ALL_KEYS: tuple[str, ...] = (IMAGE_KEY, *sorted(INTEGER_KEYS), "input_msrpUSD", *sorted(TEXT_KEYS))
 # Keys some part of the framework reads; the others are optional (copied to info_data.json when present).
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -115,12 +115,12 @@ def h5_path(data_root: str | Path, split: str) -> Path:
 
 
 def image_filename(product_id: int, k: int) -> str:
-    """Name of the k-th image (pose) of a product in `images/` (§2.2 item 4)."""
+    """Name of the k-th image (pose) of a product in `images/` (`prepare_dataset.py --extract-images`)."""
     return f"{product_id}_{k}.png"
 
 
 def decode_h5_string(value: bytes | str) -> str:
-    """Decode one HDF5 byte string (Latin-1, §1.3); `str` passes through."""
+    """Decode one HDF5 byte string (Latin-1); `str` passes through."""
     if isinstance(value, str):
         return value
     return bytes(value).decode("latin-1")
@@ -254,14 +254,6 @@ def iter_row_chunks(
         )
 
 
-def read_product_ids(h5file: h5py.File, chunk_rows: int = 65536) -> list[int]:
-    """All `input_productID` values in row order as Python ints."""
-    ids: list[int] = []
-    for _, columns in iter_row_chunks(h5file, [PRODUCT_ID_KEY], chunk_rows):
-        ids.extend(columns[PRODUCT_ID_KEY])  # type: ignore[arg-type]
-    return ids
-
-
 class ProductGrouper:
     """Incremental grouping of rows into contiguous product runs; a product in two runs is an error."""
 
@@ -294,21 +286,14 @@ class ProductGrouper:
         first = self.groups[self._group_of[product_id]][1]
         raise FashionGenFormatError(
             f"{self._where}product id {product_id} occurs in two separate runs: rows {first[0]}-{first[-1]} "
-            f"and rows {second[0]}-{second[-1]}; the rows of one product must be contiguous (spec D18)"
+            f"and rows {second[0]}-{second[-1]}; the rows of one product must be contiguous "
+            "(products are indexed by row ranges)"
         )
 
     def finish(self) -> ProductGroups:
         """The groups `[(product_id, [rows...]), ...]` in row order, after the final contiguity check."""
         self._raise_if_repeated()
         return self.groups
-
-
-def group_products(product_ids: Iterable[int], source: str | None = None) -> ProductGroups:
-    """Group row indices into contiguous runs of equal product id: [(product_id, [rows...]), ...]."""
-    grouper = ProductGrouper(source)
-    for row, product_id in enumerate(product_ids):
-        grouper.add(product_id, row)
-    return grouper.finish()
 
 
 def check_product_groups(groups: Sequence[Any], source: str, num_rows: int | None = None) -> ProductGroups:
@@ -332,7 +317,7 @@ def check_product_groups(groups: Sequence[Any], source: str, num_rows: int | Non
         if product_id in seen:
             raise FashionGenFormatError(
                 f"{source}: product id {product_id} occurs in entries {seen[product_id]} and {index}; "
-                "the rows of one product must be contiguous (spec D18)"
+                "the rows of one product must be contiguous (products are indexed by row ranges)"
             )
         seen[product_id] = index
         next_row += len(rows)

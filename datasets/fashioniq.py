@@ -1,4 +1,4 @@
-"""FashionIQ (fine-data-eval.md §5.3, §7): layout, validated triplet files, TGIR datasets, held-out split.
+"""FashionIQ: layout, validated triplet files, TGIR datasets, held-out split.
 
 Layout under `root`: `captions/cap.<category>.<split>.json` (and the merged `cap.train.json` /
 `cap.val.json` for `all`), `image_splits/split.<category>.<split>.json`, images in `images/` (or
@@ -7,10 +7,8 @@ Layout under `root`: `captions/cap.<category>.<split>.json` (and the merged `cap
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from datasets.heldout import HeldoutSplit, fingerprint_of, load_or_create_heldout
 from datasets.images import load_rgb
 from datasets.text import encode_fixed_length, join_fashioniq_captions
 from engine.errors import DataError
@@ -48,7 +47,7 @@ class Triplet:
 
     @property
     def text(self) -> str:
-        """Query text: clean("the difference between two images are " + c1 + " and " + c2) (§7.3)."""
+        """Query text: clean("the difference between two images are " + c1 + " and " + c2)."""
         return join_fashioniq_captions(self.captions)
 
     def where(self) -> str:
@@ -127,18 +126,24 @@ def load_triplets(path: str | Path) -> list[Triplet]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FashionIQ caption file not found: {path}")
+    return [Triplet(item["candidate"], item["target"], tuple(item["captions"]), str(path), i)
+            for i, item in enumerate(read_triplet_records(path))]
+
+
+def read_triplet_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a caption file as read, checked (also by prepare_dataset.py): a non-empty JSON list of
+    objects with non-empty `candidate` and `target` names and a non-empty list of string `captions`; the
+    first malformed record is an error naming the file and the record's index."""
     items = _read_json(path)
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON list of triplets, got {type(items).__name__}")
     if not items:
         raise DataError(f"{path}: no triplets")
-    triplets = []
     for i, item in enumerate(items):
         problem = _triplet_problem(item)
         if problem:
             raise DataError(f"{path}: entry {i}: {problem}: {str(item)[:120]}")
-        triplets.append(Triplet(item["candidate"], item["target"], tuple(item["captions"]), str(path), i))
-    return triplets
+    return items
 
 
 def _triplet_problem(item: Any) -> str | None:
@@ -322,56 +327,22 @@ class GalleryImageDataset(Dataset):
 # ----------------------------------------------------------------------------- held-out split
 
 
-@dataclass(frozen=True)
-class HeldoutSplit:
-    """Partition of a training file's triplets by reference image (no reference in both parts)."""
-
-    train_indices: list[int]
-    heldout_indices: list[int]
-    heldout_references: list[str]
+HELDOUT_FILENAME = "fashioniq_heldout.json"  # datasets.heldout file under <output_dir>/eval_sets/
+HELDOUT_KIND = "fashioniq-train-references"
 
 
 def _triplets_fingerprint(triplets: Sequence[Triplet]) -> str:
-    blob = json.dumps([[t.reference, t.target, list(t.captions)] for t in triplets], separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    """Fingerprint of the (reference, target, captions) of every triplet, in order."""
+    return fingerprint_of([[t.reference, t.target, list(t.captions)] for t in triplets])
 
 
-def split_by_reference(triplets: Sequence[Triplet], fraction: float = 0.1, seed: int = 0) -> HeldoutSplit:
-    """Hold out round(fraction x distinct references) reference images (at least one), drawn from
-    `random.Random(seed)` over the sorted reference names, with all their triplets."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"held-out fraction must be in (0, 1), got {fraction}")
+def load_or_create_heldout_triplets(path: str | Path, triplets: Sequence[Triplet], fraction: float = 0.1,
+                                    seed: int = 0) -> HeldoutSplit:
+    """Triplet indices split by reference image (none on both sides): round(fraction x distinct references)
+    references (at least one) held out with all their triplets, saved at `path` by `datasets.heldout` (the
+    `shuffle` draw over the sorted reference names, as before the shared module)."""
     refs = sorted({t.reference for t in triplets})
-    n = max(1, round(fraction * len(refs)))
-    if n >= len(refs):
-        raise DataError(f"cannot hold out {n} of {len(refs)} reference images and keep some for training")
-    random.Random(seed).shuffle(refs)
-    held = set(refs[:n])
-    train = [i for i, t in enumerate(triplets) if t.reference not in held]
-    heldout = [i for i, t in enumerate(triplets) if t.reference in held]
-    return HeldoutSplit(train, heldout, sorted(held))
-
-
-def load_or_create_heldout(path: str | Path, triplets: Sequence[Triplet], fraction: float = 0.1,
-                           seed: int = 0) -> HeldoutSplit:
-    """The held-out split saved at `path` (JSON), created on first use; a file made for other triplets or
-    options is an error."""
-    path = Path(path)
-    meta = {"fraction": fraction, "seed": seed, "num_triplets": len(triplets),
-            "fingerprint": _triplets_fingerprint(triplets)}
-    if path.is_file():
-        saved = _read_json(path)
-        stale = [k for k, v in meta.items() if not isinstance(saved, dict) or saved.get(k) != v]
-        if stale:
-            raise DataError(f"{path}: held-out split made for other triplets or options ({', '.join(stale)} "
-                            "differ); delete it to recreate")
-        split = HeldoutSplit(saved["train_indices"], saved["heldout_indices"], saved["heldout_references"])
-    else:
-        split = split_by_reference(triplets, fraction, seed)
-        payload = {**meta, "train_indices": split.train_indices, "heldout_indices": split.heldout_indices,
-                   "heldout_references": split.heldout_references}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(payload, separators=(",", ":"), sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    return split
+    split = load_or_create_heldout(path, len(refs), kind=HELDOUT_KIND, fingerprint=_triplets_fingerprint(triplets),
+                                   fraction=fraction, seed=seed, draw="shuffle", labels=refs)
+    ref_index = {name: i for i, name in enumerate(refs)}
+    return split.items_of([ref_index[t.reference] for t in triplets])

@@ -1,4 +1,4 @@
-"""Pretraining text of one FashionGen row (fine-data-eval.md §3.4, fine-model.md §1.3, §2.4, §2.5, §8 D1-D3).
+"""Pretraining text of one FashionGen row: layout, masked-LM and replaced-token corruption, compat switches.
 
 Layout (length `max_length`, 180): `[CLS]`, sign token of the row's category, pieces of "the image
 description is" + corrupted description pieces, `[SEP]`, six attribute phrases "the image <name> is
@@ -7,13 +7,13 @@ description is" + corrupted description pieces, `[SEP]`, six attribute phrases "
 positions of a shuffle become `[MASK]`, the next n_rep are replaced (50/50 random token / WordNet antonym)
 and flagged for replaced-token detection (RTD); both groups are masked-LM targets.
 
-Compat switches (`compat` = published code, `fixed` = default):
-  mlm_label_alignment (D1)  compat: description labels placed in ascending position order while the
+Compat switches (`compat` = published code, `fixed` = default; docs/compat.md):
+  mlm_label_alignment       compat: description labels placed in ascending position order while the
                             targets are in shuffled order (permuted labels); fixed: label = original piece.
-  rtd_sampling (D2)         compat: n_rep = floor(0.015 L), RTD label 0 on every other position incl.
+  rtd_sampling              compat: n_rep = floor(0.015 L), RTD label 0 on every other position incl.
                             padding; fixed: n_rep = ceil(0.015 L) (>= 1 when L >= 1), RTD label -100 on
                             `[CLS]`, sign, `[SEP]` and padding.
-  rtd_vocab (D3)            compat: random replacements from the whole vocabulary, antonym lemma strings
+  rtd_vocab                 compat: random replacements from the whole vocabulary, antonym lemma strings
                             inserted as one token (often `[UNK]`), kept unchanged when no antonym exists;
                             fixed: regular whole-word entries only (never the original piece), antonyms
                             tokenised and used when they are one regular piece, else a random regular token.
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -70,7 +70,7 @@ PretrainText = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class PretrainTextOptions:
-    """Compat switches (each `compat` or `fixed`, fine-model.md §8) and the optional local WordNet folder."""
+    """Compat switches (each `compat` or `fixed`, docs/compat.md) and the optional local WordNet folder."""
 
     mlm_label_alignment: str = FIXED
     rtd_sampling: str = FIXED
@@ -82,13 +82,6 @@ class PretrainTextOptions:
             value = getattr(self, f.name)
             if f.name != "wordnet_path" and value not in SWITCH_VALUES:
                 raise ValueError(f"{f.name} must be one of {SWITCH_VALUES}, got {value!r}")
-
-    @classmethod
-    def from_mode(cls, mode: str, wordnet_path: str | None = None, **overrides: str) -> PretrainTextOptions:
-        """All three switches set to `mode` (the global `compat.mode`), then per-switch overrides."""
-        options = cls(mode, mode, mode, wordnet_path)
-        return replace(options, **overrides)
-
 
 def expand_season(value: str) -> str:
     """`SS2017` -> `spring summer 2017`, `FW2017` -> `fall winter 2017`; other values lower-cased as they are."""
@@ -220,7 +213,8 @@ class PretrainTextBuilder:
         targets = order[: n_mask + n_rep]
         labels = np.full(length, IGNORE, dtype=np.int64)
         if self.options.mlm_label_alignment == COMPAT:
-            # Published: targets listed in shuffled order, written onto the positions in ascending order (D1).
+            # Published: targets listed in shuffled order, written onto the positions in ascending order
+            # (docs/compat.md, compat.mlm_label_alignment).
             labels[np.sort(targets)] = original[targets]
         else:
             labels[targets] = original[targets]
@@ -274,20 +268,3 @@ class PretrainTextBuilder:
         out[3, :n] = rtd[:n]
         tensor = torch.from_numpy(out)
         return tensor[0], tensor[1], tensor[2], tensor[3]
-
-
-_BUILDERS: dict[tuple[int, int, PretrainTextOptions], PretrainTextBuilder] = {}
-
-
-def build_pretrain_text(info: Mapping[str, Any], tokenizer: Any, max_length: int, rng: np.random.Generator,
-                        options: PretrainTextOptions | None = None) -> PretrainText:
-    """(input_ids, attention_mask, mlm_labels, rtd_labels) of one row; `info` holds the row's HDF5 fields.
-
-    Convenience wrapper around a `PretrainTextBuilder` cached per tokenizer, length and options.
-    """
-    options = options or PretrainTextOptions()
-    key = (id(tokenizer), max_length, options)
-    builder = _BUILDERS.get(key)
-    if builder is None or builder.tokenizer is not tokenizer:
-        builder = _BUILDERS[key] = PretrainTextBuilder(tokenizer, max_length, options)
-    return builder(info, rng)

@@ -19,7 +19,7 @@ BUILD_VOCAB_HINT = (
     "--out <folder>` (real bert-base-uncased vocabulary)"
 )
 
-# Prefixes the published code puts in front of texts (§3.2 of fine-data-eval.md).
+# Prefixes the published code puts in front of texts.
 CMR_PREFIX = "the image description is "
 TGIR_PREFIX = "the difference between two images are "
 
@@ -29,7 +29,7 @@ _MULTISPACE = re.compile(r"\s{2,}")
 
 
 def pre_caption(caption: str, max_words: int | None = None) -> str:
-    """The Fashion-FINE / FashionSAP caption cleaner (§3.1): lower, delete punctuation, collapse spaces."""
+    """The Fashion-FINE / FashionSAP caption cleaner: lower, delete punctuation, collapse spaces."""
     text = caption.lower()
     text = _FINE_DELETE.sub("", text)
     text = text.replace("-", " ").replace("/", " ").replace("<person>", "person").replace("<br>", " ")
@@ -51,7 +51,7 @@ def pre_caption_blip(caption: str, max_words: int = 180) -> str:
 
 
 def join_fashioniq_captions(captions: Sequence[str]) -> str:
-    """FashionIQ query text: prefix + captions joined with ' and ' in file order, then cleaned (§7.3)."""
+    """FashionIQ query text: prefix + captions joined with ' and ' in file order, then cleaned."""
     return pre_caption(TGIR_PREFIX + " and ".join(captions))
 
 
@@ -104,7 +104,8 @@ def encode_fixed_length(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask, `[CLS] [prefix] pieces [SEP]`, truncated then padded with id 0.
 
-    `add_sep=False` gives the published training layout (`[CLS]` + pieces, no `[SEP]`, D8).
+    `add_sep=False` gives the published training layout (`[CLS]` + pieces, no `[SEP]`;
+    docs/compat.md, compat.text_layout).
     `prefix_tokens[i]` (e.g. a sign token) is placed right after `[CLS]` for text i.
     """
     ids = torch.zeros(len(texts), max_length, dtype=torch.long)

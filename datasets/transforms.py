@@ -1,10 +1,11 @@
-"""Image transforms of the ALBEF-based tasks (fine-data-eval.md §4), with every random draw from a passed generator.
+"""Image transforms of the ALBEF-based tasks, with every random draw from a passed generator.
 
 `TrainTransform`: random resized crop (scale 0.5-1, ratio 3/4-4/3, bicubic), horizontal flip (p 0.5), the
 ALBEF RandAugment op (N=2 ops drawn with replacement from ten, each applied with p 0.5, magnitude M of 10),
 to tensor, CLIP normalisation. `TestTransform`: bicubic resize to image_res x image_res, to tensor, normalise.
 Both are called as `transform(img, rng)`; the test transform ignores `rng`. Draws never touch the global
-NumPy/torch generators (D13), so an item's augmentation depends only on the generator it is given.
+NumPy/torch generators (which the published DataLoader workers shared), so an item's augmentation depends
+only on the generator it is given.
 """
 
 from __future__ import annotations
@@ -203,8 +204,3 @@ class TestTransform:
         if img.size != (self.image_res, self.image_res):
             img = img.resize((self.image_res, self.image_res), Image.Resampling.BICUBIC)
         return to_normalized_tensor(img)
-
-
-def build_transforms(image_res: int = 256, randaugment_magnitude: float = 7) -> tuple[TrainTransform, TestTransform]:
-    """The (train, test) pair of a task: magnitude 7 for the ALBEF-based configs, 5 for the BLIP variant."""
-    return TrainTransform(image_res, randaugment_magnitude), TestTransform(image_res)

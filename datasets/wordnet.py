@@ -1,7 +1,7 @@
-"""Offline WordNet look-ups (synonyms, antonyms) for the pretraining text, from a local NLTK data folder (D4/D11).
+"""Offline WordNet look-ups (synonyms, antonyms) for the pretraining text, from a local NLTK data folder.
 
-Nothing is ever downloaded. NLTK is imported only when a folder is given, so the rest of the framework
-(and `no-wordnet` mode) runs without it.
+Nothing is ever downloaded (the published scripts called the NLTK downloader at start-up). NLTK is imported
+only when a folder is given, so the rest of the framework (and `no-wordnet` mode) runs without it.
 """
 
 from __future__ import annotations

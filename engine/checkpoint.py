@@ -1,9 +1,8 @@
-"""Atomic checkpoint files and the training state they hold (for exact `--resume`)."""
+"""Checkpoint files and the training state they hold (for exact `--resume`); written with
+`engine.atomic.torch_save`."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +23,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def load_file(path: str | Path, weights_only: bool = True) -> dict:
     """torch.load on CPU with a clear error for a missing or unreadable file."""
     path = Path(path)
@@ -54,14 +35,6 @@ def load_file(path: str | Path, weights_only: bool = True) -> dict:
     if not isinstance(obj, dict):
         raise RuntimeError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj
-
-
-def model_state_from(obj: dict, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
-    """The model state dict inside a checkpoint: key `model` (ours and the published ones) or the dict itself."""
-    state = obj.get("model", obj.get("state_dict", obj))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RuntimeError(f"{path}: no model state dict found (keys: {sorted(obj)[:10]})")
-    return state
 
 
 def is_training_checkpoint(obj: dict) -> bool:

@@ -22,6 +22,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from ruamel.yaml import YAML
 
+from engine.atomic import atomic_write
+
 T = TypeVar("T")
 BASE_KEY = "_base_"
 
@@ -230,10 +232,10 @@ def config_to_dict(cfg: Any) -> Any:
 
 
 def dump_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (what actually ran)."""
+    """Write the resolved config as YAML (what actually ran), atomically."""
     yaml = YAML()
     yaml.default_flow_style = False
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         yaml.dump(config_to_dict(cfg), f)
 
 
@@ -253,16 +255,19 @@ def describe_schema(schema: type, prefix: str = "") -> list[str]:
     return lines
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None, flag: str = "--config") -> None:
-    """Add the config flags every entry point shares: config file(s), `--set`/`--cfg-options`, help."""
+def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None, flag: str = "--config",
+                         set_example: str = "optim.lr=1e-5 train.epochs=2") -> None:
+    """Add the config flags every entry point shares: config file(s), `--set`/`--cfg-options`, help.
+
+    `--cfg` without a default is required, except with `--help-config` (checked in `config_from_args`).
+    """
     if flag == "--cfg":
-        parser.add_argument("--cfg", nargs="+", required=default_config is None,
-                            default=[default_config] if default_config else None,
-                            help="YAML config files, merged in order")
+        parser.add_argument("--cfg", nargs="+", default=[default_config] if default_config else None,
+                            help="YAML config files, merged in order" + ("" if default_config else " (required)"))
     else:
         parser.add_argument("--config", default=default_config, help="YAML config file (may use _base_)")
     parser.add_argument("--set", "--cfg-options", dest="overrides", nargs="+", action="extend", default=[],
-                        metavar="KEY=VALUE", help="override config keys, e.g. --set optim.lr=1e-5 train.epochs=2")
+                        metavar="KEY=VALUE", help=f"override config keys, e.g. --set {set_example}")
     parser.add_argument("--help-config", action="store_true", help="list every config key with its default")
 
 
@@ -271,6 +276,8 @@ def config_from_args(schema: type[T], args: argparse.Namespace) -> T:
     if getattr(args, "help_config", False):
         print("\n".join(describe_schema(schema)))
         raise SystemExit(0)
+    if hasattr(args, "cfg") and not args.cfg:
+        raise ConfigError("--cfg: give the YAML config file(s) of the run (see --help)")
     paths = args.cfg if hasattr(args, "cfg") else ([args.config] if args.config else [])
     return load_config(schema, paths, args.overrides)
 

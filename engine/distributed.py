@@ -3,7 +3,7 @@
 Works under plain `python` (world size 1, no process group), `torchrun`, and
 `python -m torch.distributed.launch --use_env` (all set RANK / WORLD_SIZE / LOCAL_RANK).
 Every collective is a no-op without an initialised process group, so single-process runs need no
-launcher (published defect D11).
+launcher (the published scripts called barriers unconditionally and failed without one).
 """
 
 from __future__ import annotations
@@ -100,24 +100,6 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean of `tensor` over ranks (returns a new tensor; identity without a process group)."""
-    if not is_dist():
-        return tensor.clone()
-    out = tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / get_world_size()
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of `tensor` over ranks (returns a new tensor)."""
-    if not is_dist():
-        return tensor.clone()
-    out = tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
-
-
 @torch.no_grad()
 def all_gather_nograd(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate equally shaped tensors of all ranks along dim 0, rank order, no gradient."""
@@ -160,15 +142,6 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
-
-
-def all_gather_object(obj: object) -> list:
-    """Gather a picklable object from every rank (list in rank order)."""
-    if not is_dist():
-        return [obj]
-    out: list = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from engine.sections import OptimConfig, ScheduleConfig
+from engine.sections import OptimConfig, ParamGroupRule, ScheduleConfig
 
 
 def _no_decay(name: str, param: torch.Tensor, cfg: OptimConfig) -> bool:
@@ -19,27 +19,41 @@ def _no_decay(name: str, param: torch.Tensor, cfg: OptimConfig) -> bool:
     return any(name.endswith(suffix) for suffix in cfg.no_decay_names)
 
 
+def param_group_rules(cfg: OptimConfig) -> list[ParamGroupRule]:
+    """`optim.groups` followed by one rule per `optim.group_lr` prefix (named after the prefix)."""
+    rules = list(cfg.groups) + [ParamGroupRule(name=p, prefixes=[p], lr=lr) for p, lr in cfg.group_lr.items()]
+    names = [r.name for r in rules]
+    if "" in names or any(not r.prefixes for r in rules) or len(set(names)) != len(names):
+        raise ValueError(f"optim.groups need distinct names and at least one prefix each: {names}")
+    return rules
+
+
 def build_param_groups(
     named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig
 ) -> list[dict]:
     """Split trainable parameters into (lr group) x (decay, no decay) groups.
 
-    A parameter belongs to the first `cfg.group_lr` prefix it starts with (longest prefix first);
-    others use `cfg.lr`. Frozen parameters (requires_grad False, e.g. momentum encoders) are skipped.
-    Each group carries a `name` (for logs) and its own `lr`.
+    A parameter belongs to the rule (`cfg.groups`, then `cfg.group_lr`) with its longest matching prefix;
+    others form the default group at `cfg.lr`. Groups of `cfg.groups` come first, in their order; the
+    others follow in the order of their first parameter. Frozen parameters (requires_grad False, e.g.
+    momentum encoders) are skipped. Each group carries a `name` (for logs) and its own `lr`.
     """
-    prefixes = sorted(cfg.group_lr, key=len, reverse=True)
+    rules = param_group_rules(cfg)
+    prefixes = sorted(((p, r) for r in rules for p in r.prefixes), key=lambda pr: len(pr[0]), reverse=True)
     groups: dict[tuple[str, bool], dict] = {}
+    matched: set[str] = set()
     for name, param in named_params:
         if not param.requires_grad:
             continue
-        prefix = next((p for p in prefixes if name.startswith(p)), "")
-        lr = cfg.group_lr[prefix] if prefix else cfg.lr
+        prefix, rule = next(((p, r) for p, r in prefixes if name.startswith(p)), ("", None))
+        if rule is not None:
+            matched.add(prefix)
+        lr = cfg.lr if rule is None else rule.lr if rule.lr is not None else cfg.lr * rule.lr_scale
         no_decay = _no_decay(name, param, cfg)
-        key = (prefix, no_decay)
+        key = ("" if rule is None else rule.name, no_decay)
         if key not in groups:
             groups[key] = {
-                "name": f"{prefix or 'default'}{'/no_decay' if no_decay else ''}",
+                "name": f"{key[0] or 'default'}{'/no_decay' if no_decay else ''}",
                 "params": [],
                 "param_names": [],
                 "lr": lr,
@@ -47,10 +61,11 @@ def build_param_groups(
             }
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
-    unused = [p for p in prefixes if not any(k[0] == p for k in groups)]
+    unused = [p for r in rules for p in r.prefixes if p not in matched]
     if unused:
-        raise ValueError(f"optim.group_lr prefixes match no trainable parameter: {unused}")
-    return list(groups.values())
+        raise ValueError(f"optim.groups / optim.group_lr prefixes match no trainable parameter: {unused}")
+    order = {r.name: i for i, r in enumerate(cfg.groups)}
+    return [groups[k] for k in sorted(groups, key=lambda k: order.get(k[0], len(order)))]
 
 
 def build_optimizer(model: nn.Module | Iterable[dict], cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from engine.config import ConfigError, dump_config
-from engine.distributed import DistInfo, init_distributed
+from engine.distributed import DistInfo, cleanup, init_distributed
 from engine.errors import DataError
 from engine.logger import get_logger, setup_logging
 from engine.sections import RuntimeConfig
@@ -71,6 +71,7 @@ def run_main(main: Callable[[list[str] | None], int]) -> None:
     """
     try:
         code = main(None)
+        cleanup()  # destroy the process group of a finished run (torch warns at exit otherwise)
     except (ConfigError, DataError, FileNotFoundError) as exc:
         if os.environ.get("FASHIONFINE_TRACEBACK"):
             raise

@@ -9,6 +9,20 @@ from engine.config import field
 
 
 @dataclass
+class ParamGroupRule:
+    """A named parameter group: the parameters whose names start with one of `prefixes`."""
+
+    name: str = field("", "group name (logs, optimizer state)")
+    prefixes: list[str] = field([], "parameter-name prefixes of the group ('' = every parameter)")
+    lr: float | None = field(None, "learning rate of the group; null = optim.lr x lr_scale")
+    lr_scale: float = field(1.0, "multiplier of optim.lr when `lr` is null")
+
+    def validate(self) -> None:
+        if not self.name or not self.prefixes:
+            raise ValueError("optim.groups entries need a name and at least one prefix")
+
+
+@dataclass
 class OptimConfig:
     """Optimizer: AdamW/Adam/SGD over weight-decay and no-decay parameter groups."""
 
@@ -18,12 +32,17 @@ class OptimConfig:
     betas: tuple[float, float] = field((0.9, 0.999), "Adam(W) betas")
     eps: float = field(1e-8, "Adam(W) epsilon")
     momentum: float = field(0.9, "SGD momentum")
-    decay_scalars: bool = field(False, "true: 0-dim parameters (e.g. temp) are decayed, as published (D14)")
+    decay_scalars: bool = field(
+        False, "true: 0-dim parameters (e.g. temp) are decayed, as published "
+               "(docs/compat.md, compat.no_decay_temp)")
     decay_all: bool = field(
         False, "true: one weight decay for every parameter, biases, norms and 1-D ones included (BLIP's "
                "optimiser); 0-dim parameters still follow decay_scalars, no_decay_names still apply")
     no_decay_names: list[str] = field([], "extra parameter-name suffixes excluded from weight decay")
     group_lr: dict[str, float] = field({}, "parameter-name prefix -> learning rate of its own group")
+    groups: list[ParamGroupRule] = field(
+        [], "named groups (in this order, before the others); a parameter joins the group or group_lr entry "
+            "with its longest matching prefix, else the default group at optim.lr")
 
     def validate(self) -> None:
         if self.lr <= 0:

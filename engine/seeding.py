@@ -27,14 +27,10 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """Generator for the random draws of one dataset item in one epoch (augmentation, row choice).
 
     Independent of worker count, batch order and resume point, so interrupted and uninterrupted runs
-    draw identical augmentations (published defect D13: workers sharing NumPy's global generator).
+    draw identical augmentations (the published workers shared NumPy's global generator and could repeat
+    them).
     """
     return np.random.default_rng(derive_seed(seed, epoch, index))
-
-
-def item_random(seed: int, epoch: int, index: int) -> random.Random:
-    """`random.Random` twin of `item_rng` for code written against the stdlib API."""
-    return random.Random(derive_seed(seed, epoch, index, 1))
 
 
 def worker_init(seed: int, epoch: int, rank: int):

@@ -21,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from engine import distributed as du
-from engine.checkpoint import atomic_save, is_training_checkpoint, load_file, training_state, unwrap
+from engine.atomic import torch_save
+from engine.checkpoint import is_training_checkpoint, load_file, training_state, unwrap
 from engine.data import TrainLoader, move_to_device
 from engine.distributed import DistInfo
 from engine.logger import JsonlWriter, MetricLogger, get_logger
@@ -120,7 +121,7 @@ class Trainer:
         """Write a checkpoint from rank 0 (atomic); every rank waits for it."""
         path = None
         if self.dist.is_main:
-            path = atomic_save(self.state(), self.output_dir / name)
+            path = torch_save(self.output_dir / name, self.state())
         du.barrier()
         return path
 

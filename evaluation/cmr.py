@@ -1,4 +1,4 @@
-"""FashionGen cross-modal retrieval evaluation (fine-data-eval.md §6): full and sampled protocols, report.
+"""FashionGen cross-modal retrieval evaluation: full and sampled protocols, report.
 
 Inputs are plain: `product_rows[p]` = rows (images) of product p in evaluation order, `row_subcategory[r]`
 = subcategory name of row r, and either the embeddings (texts P x D, images N x D) or the score matrix
@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from engine.atomic import write_json
 from engine.errors import DataError
 from evaluation.recall import IndexSets, best_positive_ranks, recall_at_k
-from evaluation.report import format_table, write_json_atomic, write_report
+from evaluation.report import format_table, write_report
 
 TASK = "fashiongen_cmr"
 KS = (1, 5, 10)
@@ -108,7 +109,8 @@ def full_ranks(index: ProductIndex, *, scores: torch.Tensor | None = None, text_
 
 
 def full_metrics(i2t_ranks: torch.Tensor, t2i_ranks: torch.Tensor, blip: bool = False) -> dict[str, float]:
-    """§6.4 keys of the full protocol; `blip=True` gives the BLIP variant (r_mean = mean of means, no sum)."""
+    """Full-protocol metrics under the published key names; `blip=True` gives the BLIP variant (r_mean = mean
+    of means, no sum)."""
     m = recall_at_k(i2t_ranks, KS, "txt_r") | recall_at_k(t2i_ranks, KS, "img_r")
     m["txt_r_mean"] = sum(m[f"txt_r{k}"] for k in KS) / len(KS)
     m["img_r_mean"] = sum(m[f"img_r{k}"] for k in KS) / len(KS)
@@ -199,7 +201,8 @@ def _negative_pool(pools: Mapping[str, list[int]], sub: str, product: int, remai
                    threshold: int, clean: bool) -> list[int]:
     """Products of `sub` minus `product`, topped up from the end of `remaining` while below `threshold`.
 
-    `clean` keeps the positive product and duplicates out of the top-up (framework behaviour, D10).
+    `clean` keeps the positive product and duplicates out of the top-up (the published pools keep them;
+    docs/compat.md, eval.sampled.exclude_positive_from_t2i_pool).
     """
     pool = list(pools[sub])
     pool.remove(product)
@@ -220,7 +223,7 @@ def draw_sampled_sets(product_rows: Sequence[Sequence[int]], row_subcategory: Se
                       rng: random.Random | ModuleType,
                       options: SampledOptions = SampledOptions(), product_ids: Sequence[int] | None = None
                       ) -> tuple[SampledSet, SampledSet]:
-    """Draw the I2T then the T2I set from `rng` in exactly the published draw order (§6.3)."""
+    """Draw the I2T then the T2I set from `rng` in exactly the published draw order."""
     num_products = len(product_rows)
     if not options.neg_len < num_products - 1:
         raise ValueError(f"neg_len ({options.neg_len}) must be < number of products - 1 ({num_products - 1})")
@@ -315,7 +318,7 @@ class SampledSetProvider:
 def save_sampled_set(path: str | Path, sset: SampledSet, meta: Mapping[str, Any]) -> Path:
     """JSON with the direction, how the set was drawn (`meta`), query indices and candidate lists."""
     payload = {"direction": sset.direction, **meta, "queries": sset.queries, "candidates": sset.candidates}
-    return write_json_atomic(payload, path, indent=None)
+    return write_json(path, payload, indent=None, sort_keys=True)
 
 
 def load_sampled_set(path: str | Path, direction: str, meta: Mapping[str, Any] | None = None) -> SampledSet:
@@ -364,7 +367,7 @@ def sampled_ranks(sset: SampledSet, **kwargs: Any) -> torch.Tensor:
 
 
 def sampled_metrics(i2t_ranks: torch.Tensor, t2i_ranks: torch.Tensor) -> dict[str, float]:
-    """`tiny_txt_r*`, `tiny_img_r*` and `tiny_sum` (§6.4)."""
+    """`tiny_txt_r*`, `tiny_img_r*` and `tiny_sum` (the published key names)."""
     m = recall_at_k(i2t_ranks, KS, "tiny_txt_r") | recall_at_k(t2i_ranks, KS, "tiny_img_r")
     m["tiny_sum"] = sum(m[f"tiny_{d}_r{k}"] for d in ("txt", "img") for k in KS)
     return m
@@ -401,7 +404,7 @@ def evaluate_cmr(product_rows: Sequence[Sequence[int]], row_subcategory: Sequenc
                  image_emb: torch.Tensor | None = None, options: CMROptions = CMROptions(),
                  sampled_sets: SampledSetProvider | None = None, product_ids: Sequence[int] | None = None,
                  device: torch.device | str | None = None, chunk_size: int | None = None) -> CMRResult:
-    """Run the requested protocols on one score matrix / embedding set; metrics keyed as §6.4."""
+    """Run the requested protocols on one score matrix / embedding set; metrics under the published names."""
     index = ProductIndex.build(product_rows, len(row_subcategory) if row_subcategory is not None else None)
     _check_inputs(index, scores, text_emb, image_emb)
     feats = dict(scores=scores, text_emb=text_emb, image_emb=image_emb)

@@ -1,4 +1,4 @@
-"""Attribute-conditioned MAP (asenpp.md §5), vectorised and chunked over queries on the device.
+"""Attribute-conditioned MAP (the ASEN++ protocol), vectorised and chunked over queries on the device.
 
 For each query, all candidates of the query's attribute are sorted by decreasing score; ties are broken
 by ascending candidate position (a stable sort). A candidate is relevant iff it has the query's value.
@@ -83,13 +83,6 @@ class MapResult:
     total: float  # query-weighted (= mean AP over all queries)
     attribute_mean: float  # unweighted mean over attributes with queries
     ap: torch.Tensor  # (Q,) float64 CPU, AP of each query in input order
-
-    def as_percent(self) -> dict[str, float | None]:
-        return {
-            "total": 100 * self.total,
-            "attribute_mean": 100 * self.attribute_mean,
-            **{str(k): None if v is None else 100 * v for k, v in enumerate(self.per_attribute)},
-        }
 
 
 def attribute_map(

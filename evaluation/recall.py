@@ -64,17 +64,6 @@ class IndexSets:
         t = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
         return cls(torch.arange(t.numel() + 1, dtype=torch.long), t.clone())
 
-    @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> IndexSets:
-        """From a dense boolean (Q, C) matrix."""
-        if mask.dim() != 2:
-            raise ValueError("mask must be 2-D (queries x candidates)")
-        mask = mask.bool().cpu()
-        counts = mask.sum(1)
-        offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.long)
-        torch.cumsum(counts, 0, out=offsets[1:])
-        return cls(offsets, mask.nonzero()[:, 1].contiguous())
-
     def to_lists(self) -> list[list[int]]:
         flat, offs = self.indices.tolist(), self.offsets.tolist()
         return [flat[offs[q] : offs[q + 1]] for q in range(self.num_queries)]

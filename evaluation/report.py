@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from engine.atomic import write_json
 
 REPORT_VERSION = 1
 
@@ -34,26 +34,6 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], decimals:
     return "\n".join(lines)
 
 
-def write_json_atomic(obj: Any, path: str | Path, indent: int | None = 1) -> Path:
-    """Write JSON (sorted keys; `indent=None` for one compact line) to a temporary file, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            if indent is None:
-                json.dump(obj, f, sort_keys=True, separators=(",", ":"))
-            else:
-                json.dump(obj, f, indent=indent, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def build_report(task: str, metrics: Mapping[str, float], options: Mapping[str, Any],
                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The result-file payload: task, protocol options, metrics (and any extra fields, e.g. epoch)."""
@@ -70,7 +50,7 @@ def build_report(task: str, metrics: Mapping[str, float], options: Mapping[str, 
 def write_report(path: str | Path, task: str, metrics: Mapping[str, float], options: Mapping[str, Any],
                  extra: Mapping[str, Any] | None = None) -> Path:
     """Write a result JSON that records the protocol options next to the metrics."""
-    return write_json_atomic(build_report(task, metrics, options, extra), path)
+    return write_json(path, build_report(task, metrics, options, extra), sort_keys=True)
 
 
 def load_report(path: str | Path, task: str | None = None, options: Mapping[str, Any] | None = None) -> dict:

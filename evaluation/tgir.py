@@ -1,4 +1,4 @@
-"""FashionIQ text-guided image retrieval evaluation (fine-data-eval.md §7.4, §7.5): galleries, R@K, report.
+"""FashionIQ text-guided image retrieval evaluation: galleries (docs/compat.md, eval.gallery), R@K, report.
 
 Model independent: each query set (a category, `all`, or a held-out slice) is given as query embeddings
 (one per triplet, in file order), the reference and target image names of the triplets, and the gallery

@@ -1,15 +1,15 @@
-"""ASEN++ (asenpp.md §2-3): a shared attribute table, a global branch (truncated ResNet-50 + attribute-aware
+"""ASEN++: a shared attribute table, a global branch (truncated ResNet-50 + attribute-aware
 spatial and channel attention) and a local branch on an attention-guided crop (truncated ResNet-34).
 
 Module attribute names mirror the published ones (`attrnet`, `choices.global|local.basenet|attnnet`,
-`attr_transform1`, ...), so published checkpoints map onto this model with one rename (models/asen_keys.py).
+`attr_transform1`, ...), so published checkpoints map onto this model with one rename (models/weights.py).
 Training forward returns the named losses; `encode` returns the evaluation embedding.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import timm
@@ -17,11 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.checkpoint import load_file, model_state_from
-from engine.errors import DataError
-from engine.logger import get_logger
-from models.asen_config import AsenConfig, BackboneConfig
+from models.asen_config import AsenModelConfig, BackboneConfig
 from models.asen_crop import crop_boxes, crop_resize
+from models.losses import alignment_loss, triplet_loss
 
 ROLES = ("anchor", "positive", "negative")
 
@@ -30,25 +28,6 @@ def build_trunk(name: str) -> nn.Module:
     """timm ResNet cut after layer3 (stride 16; no layer4, pooling or fc), torchvision initialisation."""
     # zero_init_last=False keeps BN weights at 1 as in torchvision; never pretrained (no network).
     return timm.create_model(name, pretrained=False, features_only=True, out_indices=(3,), zero_init_last=False)
-
-
-def load_backbone_weights(trunk: nn.Module, path: str | Path, name: str) -> None:
-    """Load a torchvision ImageNet state dict into a trunk; `layer4.*` / `fc.*` are ignored.
-
-    Old torchvision files lack BatchNorm `num_batches_tracked`; any other difference is an error.
-    """
-    state = model_state_from(load_file(path), path)
-    state = {k: v for k, v in state.items() if not k.startswith(("layer4.", "fc."))}
-    own = trunk.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in state
-             if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = [f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if keys]
-        raise DataError(f"{path}: not a torchvision {name} state dict; " + "; ".join(parts))
-    trunk.load_state_dict(state, strict=False)
 
 
 class AttributeEmbedding(nn.Module):
@@ -63,7 +42,7 @@ class AttributeEmbedding(nn.Module):
 
 
 class AttnEmbedding(nn.Module):
-    """Attribute-aware spatial attention (ASA) then channel attention (ACA), then the output layer (§2.3)."""
+    """Attribute-aware spatial attention (ASA) then channel attention (ACA), then the output layer."""
 
     def __init__(self, channels: int, attr_dim: int, common: int, reduction: int, out_dim: int,
                  spatial: bool = True, channel: bool = True) -> None:
@@ -125,24 +104,24 @@ class Branch(nn.Module):
         return self.attnnet(self.basenet(images)[-1], e)
 
 
-def triplet_loss(a: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float) -> torch.Tensor:
-    """mean(max(0, m - cos(a, p) + cos(a, n))), in fp32 (§3.1)."""
-    a, p, n = a.float(), p.float(), n.float()
-    return F.relu(margin - F.cosine_similarity(a, p, eps=1e-8) + F.cosine_similarity(a, n, eps=1e-8)).mean()
-
-
-def alignment_loss(g: list[torch.Tensor], l: list[torch.Tensor]) -> torch.Tensor:  # noqa: E741
-    """Sum over anchor/positive/negative of mean(1 - cos(global, local)) (§3.3: summed, not averaged)."""
-    return sum(F.relu(1 - F.cosine_similarity(gu.float(), lu.float(), eps=1e-8)).mean() for gu, lu in zip(g, l))
-
-
 class ASENet(nn.Module):
-    """The ASEN++ model; the local branch exists only when MODEL.LOCAL.ENABLE (stage 2)."""
+    """The ASEN++ model; the local branch exists only when `cfg.LOCAL.ENABLE` (stage 2).
 
-    def __init__(self, cfg: AsenConfig, num_attributes: int) -> None:
+    `margin` is the triplet margin, `beta` the test-time weight of the global embedding; the local crop
+    thresholds the global attention at `threshold` on the `global_size` input and resizes the crop of the
+    original image to `local_size`, normalised with `pixel_mean` / `pixel_std` (RGB, [0, 1] scale).
+    """
+
+    def __init__(self, cfg: AsenModelConfig, num_attributes: int, *, margin: float = 0.2, beta: float = 0.6,
+                 global_size: int = 224, local_size: int = 112, threshold: float = 0.4,
+                 pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 pixel_std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
         super().__init__()
-        m = cfg.MODEL
-        self.cfg = cfg
+        cfg.validate()
+        m = self.cfg = cfg
+        self.margin, self.beta, self.threshold = margin, beta, threshold
+        self.global_size, self.local_size = global_size, local_size
+        self.pixel_mean, self.pixel_std = list(pixel_mean), list(pixel_std)
         self.attrnet = AttributeEmbedding(num_attributes, m.ATTRIBUTE.EMBED_SIZE)
         self.choices = nn.ModuleDict({"global": Branch(m.GLOBAL.BACKBONE, m.GLOBAL.ATTENTION,
                                                        m.ATTRIBUTE.EMBED_SIZE, m.EMBED_SIZE)})
@@ -155,18 +134,6 @@ class ASENet(nn.Module):
     def has_local(self) -> bool:
         return "local" in self.choices
 
-    def load_imagenet(self) -> None:
-        """Load the configured local ImageNet weights into the trunks (warn when a path is empty)."""
-        for level, bcfg in (("global", self.cfg.MODEL.GLOBAL.BACKBONE), ("local", self.cfg.MODEL.LOCAL.BACKBONE)):
-            if level not in self.choices:
-                continue
-            if bcfg.WEIGHTS:
-                load_backbone_weights(self.choices[level].basenet, bcfg.WEIGHTS, bcfg.NAME)
-                get_logger().info("%s backbone %s: ImageNet weights from %s", level, bcfg.NAME, bcfg.WEIGHTS)
-            else:
-                get_logger().warning("%s backbone %s: random initialisation (MODEL.%s.BACKBONE.WEIGHTS is empty)",
-                                     level, bcfg.NAME, level.upper())
-
     def embed(self, images: torch.Tensor, attrs: torch.Tensor, level: str = "global"
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(embedding (B, D), attention map (B, H, W) or None) of one branch for the given attributes."""
@@ -175,7 +142,7 @@ class ASENet(nn.Module):
     def _parts(self, images: torch.Tensor, attrs: torch.Tensor, level: str
                ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         """Embeddings of anchors, positives, negatives: three forwards (published BN statistics) or one."""
-        if self.cfg.MODEL.BN_PER_TRIPLET_PART:
+        if self.cfg.BN_PER_TRIPLET_PART:
             outs = [self.embed(x, a, level) for x, a in zip(images.chunk(3), attrs.chunk(3))]
             return [o[0] for o in outs], [o[1] for o in outs]
         emb, attn = self.embed(images, attrs, level)
@@ -184,20 +151,19 @@ class ASENet(nn.Module):
     def local_views(self, attn: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Local-branch inputs cropped from the originals by the (detached) global attention maps, and the
         (B, 3) [x, y, d] crop squares in original pixels."""
-        inp = self.cfg.INPUT
         with torch.autocast(attn.device.type, enabled=False):  # 8-bit thresholds and pixel sums need fp32
-            boxes, fallback = crop_boxes(attn.detach().float(), batch["size"], inp.GLOBAL_SIZE, inp.THRESHOLD)
-            views = crop_resize(batch["original"], batch["size"], boxes, inp.LOCAL_SIZE, inp.PIXEL_MEAN,
-                                inp.PIXEL_STD)
+            boxes, fallback = crop_boxes(attn.detach().float(), batch["size"], self.global_size, self.threshold)
+            views = crop_resize(batch["original"], batch["size"], boxes, self.local_size, self.pixel_mean,
+                                self.pixel_std)
         self.crop_fallbacks += int(fallback.sum())
         return views, boxes
 
     def forward(self, batch: dict[str, torch.Tensor], ctx: Any = None) -> dict[str, torch.Tensor]:
-        """Training losses of a batch ordered [anchors, positives, negatives] (§3.2-3.4)."""
+        """Training losses of a batch ordered [anchors, positives, negatives]."""
         images, attrs = batch["image"], batch["attr"]
         if images.shape[0] % 3:
             raise ValueError(f"a triplet batch needs 3B images, got {images.shape[0]}")
-        margin = self.cfg.SOLVER.MARGIN
+        margin = self.margin
         g, attn = self._parts(images, attrs, "global")
         losses = {"global": triplet_loss(*g, margin)}
         if self.has_local:
@@ -223,51 +189,8 @@ class ASENet(nn.Module):
         if self.has_local:
             views, boxes = self.local_views(attn, batch)
             loc = F.normalize(self.embed(views, attrs, "local")[0].float(), dim=1)
-            beta = self.cfg.SOLVER.BETA
+            beta = self.beta
             out["fused"] = torch.cat([math.sqrt(beta) * g, math.sqrt(1 - beta) * loc], dim=1)
             if with_parts:
                 out["local"], out["box"] = loc, boxes
         return out
-
-
-def param_groups(model: ASENet, cfg: AsenConfig) -> list[dict]:
-    """Stage 1: one group at BASE_LR. Stage 2 (§4.3): local backbone and local head at BASE_LR; the global
-    branch with the shared attribute table at BASE_LR_SLOW."""
-    lr, slow = cfg.SOLVER.BASE_LR, cfg.SOLVER.BASE_LR_SLOW
-    if not model.has_local:
-        return [{"name": "all", "params": list(model.parameters()), "lr": lr}]
-    local = model.choices["local"]
-    glob = list(model.attrnet.parameters()) + list(model.choices["global"].parameters())
-    return [
-        {"name": "local_backbone", "params": list(local.basenet.parameters()), "lr": lr},
-        {"name": "local_head", "params": list(local.attnnet.parameters()), "lr": lr},
-        {"name": "global_and_attributes", "params": glob, "lr": slow},
-    ]
-
-
-def find_backbone_weights(folder: str | Path, name: str) -> Path:
-    """`<name>.pth` or the torchvision release file `<name>-<hash>.pth` inside `folder`."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"--backbone-weights {folder}: not a folder (give a folder, or global=FILE / local=FILE)")
-    found = sorted(folder.glob(f"{name}.pth")) + sorted(folder.glob(f"{name}-*.pth"))
-    if len(found) != 1:
-        what = "no" if not found else f"{len(found)} candidate"
-        raise DataError(f"{folder}: {what} weight file(s) for {name} (expected {name}.pth or {name}-<hash>.pth, "
-                        "torchvision's ImageNet release)")
-    return found[0]
-
-
-def apply_backbone_weights(cfg: AsenConfig, items: list[str] | None) -> None:
-    """`--backbone-weights DIR | global=FILE | local=FILE ...` -> MODEL.<BRANCH>.BACKBONE.WEIGHTS."""
-    branches = {"global": cfg.MODEL.GLOBAL.BACKBONE, "local": cfg.MODEL.LOCAL.BACKBONE}
-    for item in items or []:
-        level, sep, path = item.partition("=")
-        if sep:
-            if level not in branches:
-                raise DataError(f"--backbone-weights {item}: use global=FILE or local=FILE")
-            branches[level].WEIGHTS = path
-            continue
-        branches["global"].WEIGHTS = str(find_backbone_weights(item, branches["global"].NAME))
-        if cfg.MODEL.LOCAL.ENABLE:
-            branches["local"].WEIGHTS = str(find_backbone_weights(item, branches["local"].NAME))

@@ -1,4 +1,4 @@
-"""Attention-guided local crop (asenpp.md §2.6), batched on the device.
+"""Attention-guided local crop (the published rules), batched on the device.
 
 The published code does this per image with OpenCV and PIL; here the same rules run on tensors:
 bilinear half-pixel upsampling of the attention map to S x S, min-max normalisation, 8-bit truncation,

@@ -33,6 +33,9 @@ class TextConfig:
     fusion_layer: int = field(6, "first layer with cross-attention (ALBEF); layers below are text-only")
     cross_attention: Literal["fusion", "all"] = field(
         "fusion", "fusion: layers >= fusion_layer cross-attend (ALBEF); all: every layer (BLIP MED)")
+    init_from: str | None = field(None, "local Hugging Face BERT folder (config.json + model.safetensors or "
+                                  "pytorch_model.bin) initialising the text encoder when no checkpoint is given; "
+                                  "its sizes must match these")
 
     def validate(self) -> None:
         if self.hidden % self.heads:

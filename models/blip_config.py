@@ -1,4 +1,4 @@
-"""Config section of the Fashion-FINE-on-BLIP model (fine-model.md §5, §7.4).
+"""Config section of the Fashion-FINE-on-BLIP model.
 
 The sizes and mixing keys are those of the ALBEF variant (`FineModelConfig`); the BLIP values (ViT-B/16 at
 384 px with checkpointing on the last 4 blocks, MED BERT with cross-attention in every layer and no

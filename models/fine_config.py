@@ -1,15 +1,12 @@
-"""Config sections of the Fashion-FINE models: sizes, feature mixing, losses and compat switches."""
+"""Config sections of the Fashion-FINE models (sizes, feature mixing, losses) and their published-behaviour flags."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from engine.config import field
 from models.bert import TextConfig
 from models.vit import VisionConfig
-
-Mode = Literal["compat", "fixed"]
 
 
 @dataclass
@@ -57,36 +54,17 @@ class LossConfig:
     weights: dict[str, float] = field({}, "weight per named loss (default 1.0), e.g. {itc: 1, itm: 1}")
 
 
-@dataclass
-class CompatConfig:
-    """Published-code behaviours (fine-model.md §8). `mode` sets every switch; a switch set here overrides it.
+@dataclass(frozen=True)
+class FineBehaviour:
+    """Published-code behaviours a Fashion-FINE model can reproduce (True = as the published code did).
 
-    compat = reproduce the published code (released checkpoints and numbers), fixed = corrected default.
+    The task resolves them from its `compat` config section (see docs/compat.md) and passes them in.
     """
 
-    mode: Mode = field("fixed", "default for every switch below")
-    mlm_label_alignment: Mode | None = field(None, "D1 masked-LM labels permuted (compat) or aligned")
-    rtd_sampling: Mode | None = field(None, "D2 floor(1.5%) replacements, loss over padding (compat)")
-    rtd_vocab: Mode | None = field(None, "D3 replacements from the whole vocabulary (compat)")
-    local_pool_mask: Mode | None = field(None, "D5 local pooling/phrases over padding too (compat)")
-    text_layout: Mode | None = field(None, "D6/D8 words from position 2 without a sign, no [SEP] in training")
-    itm_negative_mask: Mode | None = field(None, "D7 same-product matching negatives allowed (compat)")
-    retrieval_id_targets: Mode | None = field(None, "D8 fine-tuning ITC with diagonal targets (compat)")
-    tgir_momentum_proj: Mode | None = field(None, "D9 momentum TGIR query through the online projection")
-    no_decay_temp: Mode | None = field(None, "D14 weight decay on the temperature (compat)")
-    blip_sign_token: Mode | None = field(
-        None, "D13 BLIP: the sign is the word `xxx_sign` the tokenizer splits, kept in evaluation queries "
-              "(compat); fixed: the nine `[xxx_sign]` are special tokens (embedding rows added if absent) "
-              "and evaluation queries carry no sign")
-    blip_eval_pool_range: Mode | None = field(
-        None, "BLIP evaluation pools words from position 1 even when position 1 holds the sign (compat); "
-              "fixed: from right after the sign when the query has one, as in training")
-    blip_stage1_schedule: Mode | None = field(
-        None, "BLIP stage 1: the cosine spans train.schedule_epochs (published 20) while the loop stops "
-              "after train.epochs (5) (compat); fixed: the cosine spans the epochs that run")
-    momentum_local_mix: bool = field(False, "ablation O2: momentum features mix local features too")
-
-    def is_compat(self, switch: str) -> bool:
-        """True when `switch` follows the published behaviour."""
-        value = getattr(self, switch)
-        return (self.mode if value is None else value) == "compat"
+    words_from_2: bool = False  # local text pooling starts at position 2 whatever the text (compat.text_layout)
+    pool_padding: bool = False  # local pooling and phrases run over padding and [SEP] too (compat.local_pool_mask)
+    itm_same_product_negatives: bool = False  # matching negatives may show the same product
+    diagonal_targets: bool = False  # fine-tuning contrastive targets are the diagonal, queues carry no ids
+    tgir_online_combine_proj: bool = False  # momentum TGIR query through the online combine projection
+    momentum_local_mix: bool = False  # momentum features mix local features too (ablation)
+    eval_pool_from_1: bool = False  # BLIP evaluation pools words from position 1 even after a sign

@@ -26,8 +26,8 @@ def attention_weights(tokens: torch.Tensor, w_v: torch.Tensor, layer: nn.Linear,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """`softmax_j(tanh(layer(x_j)) @ W_v)` over the N tokens -> `(B, N)` in fp32.
 
-    With a mask, masked positions get zero weight (fixed mode, D5/D9); without, every position counts
-    (the published behaviour).
+    With a mask, masked positions get zero weight (fixed mode, docs/compat.md: compat.local_pool_mask);
+    without, every position counts (the published behaviour).
     """
     scores = (torch.tanh(layer(tokens)) @ w_v.to(tokens.dtype)).squeeze(-1).float()
     if mask is not None:

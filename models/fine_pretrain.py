@@ -1,13 +1,13 @@
 """Fashion-FINE pretraining model: focal ITC with distillation, symbol loss, ITM with hard negatives,
-masked-LM and replaced-token detection (fine-model.md §1-§2)."""
+masked-LM and replaced-token detection."""
 
 from __future__ import annotations
 
 import torch
 
 from models.bert import MLMHead, ReplacedTokenHead
-from models.fine_base import FineDualEncoder
-from models.fine_config import CompatConfig, FineModelConfig, LossConfig
+from models.fine_config import FineBehaviour, FineModelConfig, LossConfig
+from models.fine_dual_encoder import FineDualEncoder
 from models.fine_local import make_ngram_convs
 from models.losses import (
     symbol_loss,
@@ -20,9 +20,9 @@ LOSS_NAMES = ("itc", "itm", "symbol", "mlm", "rtd")
 class FinePretrainModel(FineDualEncoder):
     """`forward(batch, ctx)` returns the five named losses; `encode_image`/`encode_text` for evaluation."""
 
-    def __init__(self, cfg: FineModelConfig, loss: LossConfig, compat: CompatConfig, vocab_size: int,
+    def __init__(self, cfg: FineModelConfig, loss: LossConfig, behaviour: FineBehaviour, vocab_size: int,
                  sep_token_id: int) -> None:
-        super().__init__(cfg, loss, compat, vocab_size, sep_token_id)
+        super().__init__(cfg, loss, behaviour, vocab_size, sep_token_id)
         hidden = cfg.text.hidden
         self.unigram_conv, self.bigram_conv, self.trigram_conv = make_ngram_convs(hidden)
         self.decoder_layer = MLMHead(hidden, vocab_size)

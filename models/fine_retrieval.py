@@ -1,11 +1,11 @@
-"""Fashion-FINE cross-modal retrieval (CMR) fine-tuning model (fine-model.md §3)."""
+"""Fashion-FINE cross-modal retrieval (CMR) fine-tuning model."""
 
 from __future__ import annotations
 
 import torch
 
-from models.fine_base import FineDualEncoder
-from models.fine_config import CompatConfig, FineModelConfig, LossConfig
+from models.fine_config import FineBehaviour, FineModelConfig, LossConfig
+from models.fine_dual_encoder import FineDualEncoder
 
 LOSS_NAMES = ("itc", "itm")
 
@@ -14,13 +14,14 @@ class FineRetrievalModel(FineDualEncoder):
     """`forward(batch, ctx)` returns `{itc, itm}`; `encode_image`/`encode_text` give the ranking embeddings.
 
     Contrastive targets: product-id aware over batch and queue (fixed, with an `idx_queue` buffer), or
-    the published diagonal targets with a label-less queue (`compat.retrieval_id_targets: compat`, D8).
+    the published diagonal targets with a label-less queue (`compat.retrieval_id_targets: compat`,
+    docs/compat.md).
     """
 
-    def __init__(self, cfg: FineModelConfig, loss: LossConfig, compat: CompatConfig, vocab_size: int,
+    def __init__(self, cfg: FineModelConfig, loss: LossConfig, behaviour: FineBehaviour, vocab_size: int,
                  sep_token_id: int) -> None:
-        super().__init__(cfg, loss, compat, vocab_size, sep_token_id)
-        self.id_targets = not compat.is_compat("retrieval_id_targets")
+        super().__init__(cfg, loss, behaviour, vocab_size, sep_token_id)
+        self.id_targets = not behaviour.diagonal_targets
         if self.id_targets:
             self.register_buffer("idx_queue", torch.full((1, cfg.queue_size), -100, dtype=torch.long))
 

@@ -1,4 +1,4 @@
-"""Fashion-FINE text-guided image retrieval (TGIR) model on FashionIQ (fine-model.md §4)."""
+"""Fashion-FINE text-guided image retrieval (TGIR) model on FashionIQ."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from engine import distributed as du
-from models.fine_base import FineDualEncoder
-from models.fine_config import CompatConfig, FineModelConfig, LossConfig
+from models.fine_config import FineBehaviour, FineModelConfig, LossConfig
+from models.fine_dual_encoder import FineDualEncoder
 from models.losses import diagonal_targets, distilled_targets, focal_soft_cross_entropy, positive_targets
 from models.momentum import random_unit_queue, write_queue
 
@@ -18,19 +18,20 @@ class FineTGIRModel(FineDualEncoder):
     """Query = fused (modification text, reference image) CLS; gallery = image CLS features.
 
     Targets over `[batch targets | batch references | image queue]`: the published one-hot on the own
-    target, or (fixed, D12) every column showing the same target image, with label queues.
+    target, or (fixed, docs/compat.md: compat.retrieval_id_targets) every column showing the same target
+    image, with label queues.
     """
 
-    def __init__(self, cfg: FineModelConfig, loss: LossConfig, compat: CompatConfig, vocab_size: int,
+    def __init__(self, cfg: FineModelConfig, loss: LossConfig, behaviour: FineBehaviour, vocab_size: int,
                  sep_token_id: int) -> None:
-        super().__init__(cfg, loss, compat, vocab_size, sep_token_id, itm_head=False, local_pooling=False,
+        super().__init__(cfg, loss, behaviour, vocab_size, sep_token_id, itm_head=False, local_pooling=False,
                          text_queue=False)
         embed, size = cfg.embed_dim, cfg.queue_size
         self.register_buffer("image_queue", random_unit_queue(embed, size))
         self.register_buffer("fusion_queue", random_unit_queue(embed, size))
         self.register_buffer("img_queue_ptr", torch.zeros(1, dtype=torch.long))
         self.register_buffer("fusion_queue_ptr", torch.zeros(1, dtype=torch.long))
-        self.id_targets = not compat.is_compat("retrieval_id_targets")
+        self.id_targets = not behaviour.diagonal_targets
         if self.id_targets:
             self.register_buffer("image_idx_queue", torch.full((1, size), -100, dtype=torch.long))
             self.register_buffer("fusion_idx_queue", torch.full((1, size), -100, dtype=torch.long))
@@ -56,8 +57,9 @@ class FineTGIRModel(FineDualEncoder):
                         ref_tokens_m: torch.Tensor) -> torch.Tensor:
         hidden = self.text_encoder_m.text(input_ids, attention_mask)
         fused = self.text_encoder_m.fusion(hidden, attention_mask, ref_tokens_m)[:, 0]
-        # D9: the published code follows the momentum text_proj with the ONLINE combine projection.
-        combine = self.combine_text_proj if self.compat.is_compat("tgir_momentum_proj") else self.combine_text_proj_m
+        # compat.tgir_momentum_proj (docs/compat.md): the published code follows the momentum text_proj with
+        # the ONLINE combine projection.
+        combine = self.combine_text_proj if self.behaviour.tgir_online_combine_proj else self.combine_text_proj_m
         return F.normalize(combine(self.text_proj_m(fused)).float(), dim=-1)
 
     def forward(self, batch: dict[str, torch.Tensor], ctx=None) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
-"""Losses of the Fashion-FINE models: focal contrastive with momentum distillation, hard-negative matching,
-masked-token and replaced-token prediction, and the symbol loss."""
+"""Losses of the Fashion-FINE models (focal contrastive with momentum distillation, hard-negative matching,
+masked-token and replaced-token prediction, the symbol loss) and of ASEN++ (triplet, global-local alignment)."""
 
 from __future__ import annotations
 
@@ -86,3 +86,15 @@ def token_prediction_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.T
         return hidden.sum() * 0.0
     logits = head(hidden[keep])
     return F.cross_entropy(logits.float(), labels[keep])
+
+
+def triplet_loss(a: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float) -> torch.Tensor:
+    """ASEN++ triplet loss: mean(max(0, m - cos(a, p) + cos(a, n))), in fp32."""
+    a, p, n = a.float(), p.float(), n.float()
+    return F.relu(margin - F.cosine_similarity(a, p, eps=1e-8) + F.cosine_similarity(a, n, eps=1e-8)).mean()
+
+
+def alignment_loss(g: list[torch.Tensor], l: list[torch.Tensor]) -> torch.Tensor:  # noqa: E741
+    """ASEN++ global-local alignment: sum over anchor/positive/negative of mean(1 - cos(global, local))
+    (summed, not averaged, as published)."""
+    return sum(F.relu(1 - F.cosine_similarity(gu.float(), lu.float(), eps=1e-8)).mean() for gu, lu in zip(g, l))

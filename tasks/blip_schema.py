@@ -1,4 +1,4 @@
-"""Config schema of `train_blip.py` (Fashion-FINE on BLIP, both stages; fine-model.md §5, §7.4).
+"""Config schema of `train_blip.py` (Fashion-FINE on BLIP, both stages).
 
 Every key is documented here; `python train_blip.py --help-config` lists them with their defaults.
 """
@@ -11,7 +11,8 @@ from typing import Literal
 from engine.config import field
 from engine.sections import OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 from models.blip_config import BlipModelConfig
-from models.fine_config import CompatConfig, LossConfig
+from models.fine_config import LossConfig
+from tasks.compat import CompatConfig
 from tasks.fine_schema import CMREvalConfig
 
 

@@ -9,12 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from datasets.fashiongen import (
-    FashionGenEvalSet,
-    FashionGenSplit,
-    load_or_create_heldout_products,
-    remaining_products,
-)
+from datasets.fashiongen import HELDOUT_FILENAME, HELDOUT_KIND, FashionGenEvalSet, FashionGenSplit
+from datasets.heldout import fingerprint_of, load_or_create_heldout
 from engine import distributed as du
 from engine.config import ConfigError
 from engine.data import build_eval_loader
@@ -40,8 +36,9 @@ class CMREvaluator(SelectionEvaluator):
     reported_split, reported_warning = "test", TEST_SELECTION_WARNING
 
     def __init__(self, eval_set: FashionGenEvalSet, cfg: CMREvalConfig, *, name: str, batch_size: int,
-                 num_workers: int, device: torch.device, precision: str, sets_dir: str | Path) -> None:
+                 num_workers: int, device: torch.device, precision: str, output_dir: str | Path) -> None:
         self.eval_set, self.name, self.device, self.precision = eval_set, name, device, precision
+        self.output_dir = Path(output_dir)
         sampled = cfg.sampled
         if cfg.protocol != "full" and not sampled.neg_len < eval_set.num_products - 1:  # fail before training
             raise ConfigError(f"eval.sampled.neg_len {sampled.neg_len} needs at least {sampled.neg_len + 2} products "
@@ -50,8 +47,8 @@ class CMREvaluator(SelectionEvaluator):
         self.options = CMROptions(protocol=cfg.protocol, sampled=SampledOptions(
             sets=sampled.sets, seed=sampled.seed, set_len=min(sampled.set_len, eval_set.num_products),
             neg_len=sampled.neg_len, exclude_positive_from_t2i_pool=sampled.exclude_positive_from_t2i_pool))
-        sets_name = "fashiongen_sampled" if name == "test" else f"fashiongen_{name}_sampled"  # spec §6.3 names
-        self.provider = SampledSetProvider(self.options.sampled, directory=sets_dir, name=sets_name)
+        sets_name = "fashiongen_sampled" if name == "test" else f"fashiongen_{name}_sampled"  # the published file names
+        self.provider = SampledSetProvider(self.options.sampled, directory=self.output_dir / "eval_sets", name=sets_name)
         self.chunk_size = cfg.chunk_size
         self.images = build_eval_loader(eval_set.images, batch_size, num_workers)
         self.texts = build_eval_loader(eval_set.texts, batch_size, num_workers)
@@ -70,6 +67,17 @@ class CMREvaluator(SelectionEvaluator):
                             image_emb=image_emb, options=self.options, sampled_sets=self.provider,
                             product_ids=self.eval_set.product_ids, device=self.device, chunk_size=self.chunk_size)
 
+    def report(self, model: nn.Module, extra: dict) -> dict[str, float]:
+        """Evaluate once, print the paper's table and write `results_test.json` (rank 0)."""
+        if not du.is_main_process():
+            return {}
+        result = self.run(model)
+        path = write_cmr_report(self.output_dir / "results_test.json", result, extra=extra)
+        get_logger().info("FashionGen %s split (%d products, %d images):\n%s\nwritten to %s", self.name,
+                          self.eval_set.num_products, self.eval_set.num_images, format_cmr_table(result.metrics),
+                          path)
+        return result.metrics
+
 
 def split_products(data: FashionGenDataConfig, train: FashionGenSplit,
                    output_dir: str | Path) -> tuple[list[int] | None, list[int] | None]:
@@ -77,13 +85,11 @@ def split_products(data: FashionGenDataConfig, train: FashionGenSplit,
     if data.select_on == "test":
         get_logger().warning(TEST_SELECTION_WARNING)
         return None, None
-    path = Path(output_dir) / "eval_sets" / "fashiongen_heldout_products.json"
-    heldout = None
-    if du.is_main_process():
-        heldout = load_or_create_heldout_products(path, train.num_products, data.heldout_products,
-                                                  data.heldout_seed, train.product_ids.tolist())
-    heldout = du.broadcast_object(heldout)
-    return remaining_products(train.num_products, heldout), heldout
+    ids = train.product_ids.tolist()
+    split = load_or_create_heldout(Path(output_dir) / "eval_sets" / HELDOUT_FILENAME, train.num_products,
+                                   kind=HELDOUT_KIND, fingerprint=fingerprint_of(ids), count=data.heldout_products,
+                                   seed=data.heldout_seed, labels=ids)
+    return split.train, split.heldout
 
 
 def selection_evaluator(data: FashionGenDataConfig, cfg: CMREvalConfig, tokenizer: Any, image_res: int,
@@ -95,7 +101,7 @@ def selection_evaluator(data: FashionGenDataConfig, cfg: CMREvalConfig, tokenize
     eval_set = FashionGenEvalSet(split, tokenizer, products=products, image_res=image_res,
                                  max_length=data.max_words)
     return CMREvaluator(eval_set, cfg, name=name, batch_size=data.eval_batch_size, num_workers=num_workers,
-                        device=device, precision=precision, sets_dir=Path(output_dir) / "eval_sets")
+                        device=device, precision=precision, output_dir=output_dir)
 
 
 def test_evaluator(data: FashionGenDataConfig, cfg: CMREvalConfig, tokenizer: Any, image_res: int,
@@ -104,16 +110,4 @@ def test_evaluator(data: FashionGenDataConfig, cfg: CMREvalConfig, tokenizer: An
     """The evaluator over the whole FashionGen validation (= test) split."""
     eval_set = FashionGenEvalSet(test, tokenizer, image_res=image_res, max_length=data.max_words)
     return CMREvaluator(eval_set, cfg, name="test", batch_size=data.eval_batch_size, num_workers=num_workers,
-                        device=device, precision=precision, sets_dir=Path(output_dir) / "eval_sets")
-
-
-def report_test(evaluator: CMREvaluator, model: nn.Module, output_dir: str | Path, extra: dict) -> dict[str, float]:
-    """Evaluate on the test split once, print the paper's table and write `results_test.json` (rank 0)."""
-    if not du.is_main_process():
-        return {}
-    result = evaluator.run(model)
-    path = write_cmr_report(Path(output_dir) / "results_test.json", result, extra=extra)
-    get_logger().info("FashionGen test split (%d products, %d images):\n%s\nwritten to %s",
-                      evaluator.eval_set.num_products, evaluator.eval_set.num_images,
-                      format_cmr_table(result.metrics), path)
-    return result.metrics
+                        device=device, precision=precision, output_dir=output_dir)

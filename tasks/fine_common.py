@@ -1,27 +1,28 @@
-"""Building blocks the Fashion-FINE entry points share: model, optimizer, initial weights, feature extraction."""
+"""What the Fashion-FINE tasks share: the task base (arguments, loader, optimizer, loop settings), the
+selection-evaluator base and feature extraction."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine import distributed as du
-from engine.config import ConfigError, config_to_dict
+from engine.config import ConfigError, add_config_arguments
 from engine.data import EpochSampler, TrainLoader, move_to_device
-from engine.distributed import DistInfo
 from engine.logger import get_logger
 from engine.optim import build_optimizer, build_scheduler
 from engine.precision import autocast
-from engine.sections import OptimConfig, ScheduleConfig
-from engine.trainer import BEST, LAST, FitResult, Trainer
-from models.checkpoint_keys import load_checkpoint
-from models.fine_config import CompatConfig, FineModelConfig, LossConfig
+from engine.run import add_run_arguments
+from engine.sections import OptimConfig, RuntimeConfig, ScheduleConfig
+from tasks.base import RunRequest, Task, TrainingPlan
+from tasks.compat import CompatConfig
 
 
 class SelectionEvaluator:
@@ -50,31 +51,6 @@ class SelectionEvaluator:
         return self.run(model).metrics
 
 
-def build_model(model_cls: type[nn.Module], model: FineModelConfig, loss: LossConfig, compat: CompatConfig,
-                tokenizer: Any) -> nn.Module:
-    """A Fashion-FINE task model sized for the tokenizer's vocabulary."""
-    net = model_cls(model, loss, compat, vocab_size=len(tokenizer), sep_token_id=tokenizer.sep_token_id)
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    get_logger().info("%s: %.1fM trainable parameters", model_cls.__name__, trainable / 1e6)
-    return net
-
-
-def optimizer_and_schedule(model: nn.Module, optim: OptimConfig, schedule: ScheduleConfig, compat: CompatConfig,
-                           epochs: int, iters_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW over decay/no-decay groups (`compat.no_decay_temp: compat` decays the temperature, D14)."""
-    optim = dataclasses.replace(optim, decay_scalars=compat.is_compat("no_decay_temp") or optim.decay_scalars)
-    optimizer = build_optimizer(model, optim)
-    return optimizer, build_scheduler(optimizer, schedule, optim.lr, epochs, iters_per_epoch)
-
-
-def initialise(model: nn.Module, checkpoint: str | None, *, strict: bool = False) -> None:
-    """Load starting weights when a checkpoint is given (published or ours); fresh init otherwise."""
-    if checkpoint:
-        load_checkpoint(model, checkpoint, strict=strict)
-    else:
-        get_logger().warning("no --checkpoint given: training from randomly initialised encoders")
-
-
 @torch.no_grad()
 def extract(loader: DataLoader, encode: Callable[[dict], torch.Tensor], device: torch.device,
             precision: str) -> torch.Tensor:
@@ -94,32 +70,68 @@ def check_queue_size(queue_size: int, global_batch: int) -> None:
                          "(data.batch_size x number of processes)")
 
 
-def train_select_report(cfg: Any, info: DistInfo, output_dir: Path, model: nn.Module, dataset: Dataset,
-                        select: Callable, resume: str | None,
-                        report: Callable[[nn.Module, dict], Any]) -> FitResult:
-    """Train `model` on `dataset` with the engine, selecting on `select`; then reload the selected checkpoint
-    (best, else last) and hand it to `report` (the final evaluation) unless the run was interrupted."""
-    sampler = EpochSampler(len(dataset), seed=cfg.runtime.seed, rank=info.rank, world_size=info.world_size)
-    loader = TrainLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler,
-                         num_workers=cfg.runtime.num_workers,
-                         pin_memory=cfg.runtime.pin_memory and info.device.type == "cuda", seed=cfg.runtime.seed,
-                         rank=info.rank)
-    optimizer, scheduler = optimizer_and_schedule(model, cfg.optim, cfg.schedule, cfg.compat,
-                                                  cfg.train.schedule_epochs or cfg.train.epochs, len(loader))
-    trainer = Trainer(model, loader, optimizer, scheduler, cfg.train, info, output_dir,
-                      schedule_interval=cfg.schedule.interval, loss_weights=cfg.loss.weights, evaluate=select,
-                      config_dict=config_to_dict(cfg))
-    if resume:
-        trainer.resume(resume)
-    result = trainer.fit()
-    if not result.interrupted:
-        chosen = output_dir / BEST if (output_dir / BEST).is_file() else output_dir / LAST
-        load_checkpoint(trainer.module, chosen, strict=True)
-        get_logger().info("final evaluation of %s (selected on %s, epoch %s)", chosen,
-                          getattr(select, "name", "?"), result.best_epoch)
-        extra = {"checkpoint": str(chosen), "selected_on": getattr(select, "name", None),
-                 "best_epoch": result.best_epoch}
-        if getattr(select, "selection_warning", None):  # selected on the reported split (D1)
-            extra["selection_warning"] = select.selection_warning
-        report(trainer.module, extra)
-    return result
+def optimizer_and_schedule(model: nn.Module, optim: OptimConfig, schedule: ScheduleConfig, compat: CompatConfig,
+                           epochs: int, iters_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over decay/no-decay groups (`compat.no_decay_temp: compat` decays the temperature too)."""
+    optim = dataclasses.replace(optim, decay_scalars=compat.is_compat("no_decay_temp") or optim.decay_scalars)
+    optimizer = build_optimizer(model, optim)
+    return optimizer, build_scheduler(optimizer, schedule, optim.lr, epochs, iters_per_epoch)
+
+
+class FineTask(Task):
+    """Base of the Fashion-FINE tasks: the published command line (`--config`, `--checkpoint`,
+    `--output_dir`, `--resume`, `--evaluate`), the epoch-seeded loader, AdamW and the queue check."""
+
+    weight_family = "fine"
+    queue_images_per_sample: ClassVar[int] = 1  # TGIR queues reference and target images
+
+    @classmethod
+    def build_parser(cls, description: str) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(description=description,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_config_arguments(parser, cls.default_config)
+        add_run_arguments(parser)
+        return parser
+
+    @classmethod
+    def make_request(cls, args: argparse.Namespace, cfg: Any) -> RunRequest:
+        return RunRequest(Path(args.output_dir or cfg.output_dir), evaluate=args.evaluate,
+                          checkpoint=args.checkpoint or cfg.checkpoint, resume=args.resume)
+
+    @classmethod
+    def runtime(cls, cfg: Any) -> RuntimeConfig:
+        return cfg.runtime
+
+    @classmethod
+    def train_precision(cls, cfg: Any) -> str:
+        return cfg.train.precision
+
+    def new_model(self, model_cls: type[nn.Module], tokenizer: Any, **kwargs: Any) -> nn.Module:
+        """A task model sized for the tokenizer's vocabulary, with the compat switches resolved."""
+        cfg = self.cfg
+        net = model_cls(cfg.model, cfg.loss, cfg.compat.model_behaviour(), vocab_size=len(tokenizer),
+                        sep_token_id=tokenizer.sep_token_id, **kwargs)
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        get_logger().info("%s: %.1fM trainable parameters, vocabulary %d", model_cls.__name__, trainable / 1e6,
+                          len(tokenizer))
+        return net
+
+    def check_training(self) -> None:
+        images = self.queue_images_per_sample * self.cfg.data.batch_size * self.run.info.world_size
+        check_queue_size(self.cfg.model.queue_size, images)
+
+    def train_loader(self, dataset: Dataset) -> TrainLoader:
+        cfg, info = self.cfg, self.run.info
+        sampler = EpochSampler(len(dataset), seed=cfg.runtime.seed, rank=info.rank, world_size=info.world_size)
+        return TrainLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler,
+                           num_workers=cfg.runtime.num_workers,
+                           pin_memory=cfg.runtime.pin_memory and info.device.type == "cuda", seed=cfg.runtime.seed,
+                           rank=info.rank)
+
+    def optimizer(self, model: nn.Module, iters_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
+        cfg = self.cfg
+        return optimizer_and_schedule(model, cfg.optim, cfg.schedule, cfg.compat,
+                                      cfg.train.schedule_epochs or cfg.train.epochs, iters_per_epoch)
+
+    def training(self) -> TrainingPlan:
+        return TrainingPlan(self.cfg.train, self.cfg.loss.weights, self.cfg.schedule.interval)

@@ -10,7 +10,8 @@ from typing import Literal
 
 from engine.config import field
 from engine.sections import OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
-from models.fine_config import CompatConfig, FineModelConfig, LossConfig
+from models.fine_config import FineModelConfig, LossConfig
+from tasks.compat import CompatConfig
 
 
 @dataclass
@@ -25,7 +26,7 @@ class FashionGenDataConfig:
     randaugment_magnitude: int = field(7, "RandAugment magnitude of the training transform")
     wordnet_path: str | None = field(None, "local NLTK data folder with WordNet (pretraining); null = no WordNet")
     select_on: Literal["heldout", "test"] = field(
-        "heldout", "model selection on a held-out slice of train products (test = published, D1/D4)")
+        "heldout", "model selection on a held-out slice of train products (test = published; docs/compat.md, data.select_on)")
     heldout_products: int = field(1000, "training products held out for selection (select_on: heldout)")
     heldout_seed: int = field(66, "seed of the held-out draw")
 
@@ -44,7 +45,7 @@ class SampledConfig:
     seed: int = field(66, "seed of the draw")
     set_len: int = field(1000, "queries per direction")
     neg_len: int = field(100, "negatives per query")
-    exclude_positive_from_t2i_pool: bool = field(True, "false reproduces the published T2I pool defect (D10)")
+    exclude_positive_from_t2i_pool: bool = field(True, "false reproduces the published T2I pool defect (docs/compat.md)")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from datasets.asen_transforms import pad_originals
 from models.asen_crop import crop_boxes, crop_resize, grid_boxes, original_boxes
 
 
-# ------------------------------------------------------------------ reference (asenpp.md §2.6, one image at a time)
+# ----------------------------------------------------------- reference (the published rules, one image at a time)
 def ref_upsample(a: np.ndarray, size: int) -> np.ndarray:
     """OpenCV INTER_LINEAR (half-pixel centres, edge clamp), float32."""
     a = np.asarray(a, np.float32)

@@ -25,7 +25,7 @@ from datasets.asen import (
 )
 from engine.config import load_config
 from engine.errors import DataError
-from models.asen_config import AsenConfig
+from tasks.asen_schema import AsenConfig
 from tests.asen_helpers import synthetic_asen, writable_copy
 
 SCHEMA = AsenSchema(("colour", "sleeve_length", "pattern"), (4, 3, 3))

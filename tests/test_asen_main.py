@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,10 @@ import torch
 
 import asen_main
 from engine.checkpoint import load_file
-from engine.config import ConfigError
+from engine.config import ConfigError, load_config
+from engine.errors import DataError
+from tasks.asen import AsenTask
+from tasks.asen_schema import AsenConfig
 from tests.asen_helpers import ROOT, synthetic_asen, tiny_args, writable_copy
 
 SHORT = ("DATA.NUM_TRIPLETS=96", "SOLVER.EPOCHS=2", "SOLVER.LOG_PERIOD=4")
@@ -67,7 +71,7 @@ def test_stage1_resume_is_exact_and_stage2_starts_from_stage1(data, tmp_path):
     s2 = ("DATA.NUM_TRIPLETS=48", "SOLVER.LOG_PERIOD=1")
     assert run(data, 2, full, *s2, cli=("--resume", stage1)) == 0
     log = (full / "synthetic_s2" / "log.txt").read_text()
-    assert f"initialised from {stage1}: 103 tensors loaded; not in the file: choices.local.basenet.* (90)" in log
+    assert f"{stage1}: 103 tensors loaded (asen); missing (fresh init kept): choices.local.basenet.* (90)" in log
     assert "parameter group global_and_attributes" in log and "lr 5e-05" in log
     assert run(data, 2, part, *s2, "CKPT.STOP_AFTER_STEPS=2", cli=("--resume", stage1)) == 0
     last2 = part / "synthetic_s2" / "checkpoint.pth.tar"
@@ -87,7 +91,7 @@ def test_stage1_resume_is_exact_and_stage2_starts_from_stage1(data, tmp_path):
     assert set(report["per_attribute"]) == {"colour", "sleeve_length", "pattern"}
     assert 0 < report["metrics"]["map"] <= 100
     # a stage-1 checkpoint lacks the local branch: refused unless --allow-partial
-    with pytest.raises(ValueError, match="weights do not match the model.*--allow-partial"):
+    with pytest.raises(DataError, match=r"checkpoint\.pth\.tar: the file does not match this model.*--allow-partial"):
         run(data, 2, full, cli=("--resume", stage1, "--test", "TEST"))
     assert run(data, 2, full, cli=("--resume", stage1, "--test", "VALID", "--allow-partial",
                                    "--out", str(tmp_path / "partial.json"))) == 0
@@ -125,7 +129,7 @@ def test_bad_input_is_one_line_with_exit_status_2(data, tmp_path):
     assert f"error: {bad / 'label_train.txt'}:5: value index 7 out of range [0, 3) for attribute 1" in corrupt.stderr
 
     nockpt = cli(*tiny_args(data, 2, tmp_path), "--resume", str(tmp_path / "none.pth.tar"), "--test", "TEST")
-    assert nockpt.returncode == 2 and "checkpoint not found" in nockpt.stderr
+    assert nockpt.returncode == 2 and "weight file not found" in nockpt.stderr
 
 
 def test_config_errors_name_the_key(data, tmp_path):
@@ -133,6 +137,27 @@ def test_config_errors_name_the_key(data, tmp_path):
         run(data, 1, tmp_path, "SOLVER.LR=1")
     with pytest.raises(ConfigError, match="MODEL.GLOBAL.BACKBONE.NAME' must be one of"):
         run(data, 1, tmp_path, "MODEL.GLOBAL.BACKBONE.NAME=vgg16")
+
+
+def test_help_config_needs_no_cfg_and_the_help_example_is_a_valid_key(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        asen_main.main(["--help-config"])
+    assert exit_.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "SOLVER.BASE_LR: float = 0.0001  # lr (stage 1: all parameters; stage 2: the local branch)" in lines
+    assert any(line.startswith("MODEL.LOCAL.BACKBONE.NAME: ") and "'resnet34'" in line for line in lines)
+    with pytest.raises(SystemExit) as exit_:
+        asen_main.main(["--help"])
+    assert exit_.value.code == 0
+    assert "SOLVER.BASE_LR=0.0001" in capsys.readouterr().out
+    help_set = next(a.help for a in AsenTask.build_parser("")._actions if a.dest == "overrides")
+    example = re.fullmatch(r"override config keys, e\.g\. --set (.*)", help_set).group(1).split()
+    assert example and all(item.startswith("SOLVER.") for item in example)
+    darn = [ROOT / "configs/asen/DARN/DARN.yaml", ROOT / "configs/asen/DARN/s1.yaml"]
+    cfg = load_config(AsenConfig, darn, example)
+    assert cfg.SOLVER.BASE_LR == 1e-4 and cfg.SOLVER.EPOCHS == 2
+    with pytest.raises(ConfigError, match="--cfg: give the YAML config file"):
+        asen_main.main([])
 
 
 def free_port() -> int:

@@ -40,7 +40,7 @@ def test_hand_made_example():
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5]])
     ap = average_precision(scores=scores, query_labels=torch.tensor([2]), candidate_labels=torch.tensor([2, 0, 2, 1, 1]))
     assert ap.tolist() == pytest.approx([(1 + 2 / 3) / 2], abs=1e-12)
-    # asenpp.md §1.3 example: one relevant, one irrelevant candidate
+    # the example of the published query/candidate format: one relevant, one irrelevant candidate
     labels = torch.tensor([7, 3])
     assert average_precision(scores=torch.tensor([[0.2, 0.1]]), query_labels=torch.tensor([7]),
                              candidate_labels=labels).item() == 1.0

@@ -1,5 +1,5 @@
-"""Fashion-FINE-on-BLIP data: tokenizer with [DEC]/[ENC] and sign tokens, caption layouts (compat/fixed, D13),
-annotation records and their errors, training items, evaluation sets (fine-data-eval.md §2.2, §3.1, §6.4)."""
+"""Fashion-FINE-on-BLIP data: tokenizer with [DEC]/[ENC] and sign tokens, caption layouts (compat/fixed,
+compat.blip_sign_token), annotation records and their errors, training items, evaluation sets."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def test_eval_set_from_test_annotation(synthetic):
         captions = BlipCaptions(tok, max_length=48, sign_tokens=sign_tokens)
         eval_set = BlipEvalSet.from_test_annotation(data / "annotation/fashiongen_test_symbol.json", data / "images",
                                                     captions, image_res=32, info_data=info)
-        assert eval_set.text_has_sign is has_sign  # fixed strips the sign from queries (D13)
+        assert eval_set.text_has_sign is has_sign  # fixed strips the sign from queries
     assert eval_set.num_products == len(records) == 24
     assert eval_set.num_images == sum(len(r["image"]) for r in records)
     assert eval_set.product_rows[1][0] == len(records[0]["image"])

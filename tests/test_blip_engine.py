@@ -13,9 +13,9 @@ from torch import nn
 from engine.config import ConfigError, load_config
 from engine.optim import build_optimizer, build_param_groups, build_scheduler
 from engine.sections import OptimConfig, ScheduleConfig
-from models.fine_config import CompatConfig
-from tasks.blip_run import resolve_schedule
 from tasks.blip_schema import BlipRetrievalConfig
+from tasks.compat import CompatConfig
+from tasks.fine_blip import resolve_schedule
 from tests.blip_helpers import ROOT
 
 

@@ -1,5 +1,5 @@
 """Fashion-FINE on BLIP model: published key set at base size, activation checkpointing, BLIP checkpoint
-loading, and the compat/fixed behaviours of the model (fine-model.md §5, §6.3, D5, D13)."""
+loading, and the compat/fixed behaviours of the model (docs/compat.md)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from timm.layers import resample_abs_pos_embed
 
 import models.vit as vit
 from engine.config import load_config
+from engine.errors import DataError
 from models.blip_config import BlipModelConfig
-from models.blip_retrieval import FineBlipRetrieval
-from models.checkpoint_keys import load_blip_checkpoint
-from models.fine_config import CompatConfig, LossConfig
+from models.fine_blip import FineBlipRetrieval
+from models.fine_config import LossConfig
 from models.losses import hard_negative_weights
-from models.vit import interpolate_pos_embed
+from models.weights import load_weights
 from tasks.blip_schema import BlipRetrievalConfig
+from tasks.compat import CompatConfig
 from tests.blip_helpers import ROOT, tiny_config
 
 KEYS_JSON = Path(__file__).parent / "data" / "fine_blip_state_dict.json"
@@ -38,7 +40,7 @@ def tiny_model_config(**changes) -> BlipModelConfig:
 def make_model(cfg: BlipModelConfig | None = None, compat: CompatConfig | None = None,
                vocab: int = VOCAB) -> FineBlipRetrieval:
     torch.manual_seed(0)
-    return FineBlipRetrieval(cfg or tiny_model_config(), LossConfig(), compat or CompatConfig(), vocab, SEP, ENC)
+    return FineBlipRetrieval(cfg or tiny_model_config(), LossConfig(), (compat or CompatConfig()).model_behaviour(), vocab, SEP, ENC)
 
 
 def make_batch(b: int = 4, length: int = 12, res: int = 64, products: list[int] | None = None) -> dict:
@@ -60,7 +62,7 @@ def make_batch(b: int = 4, length: int = 12, res: int = 64, products: list[int] 
 def test_base_state_dict_matches_published_keys_and_shapes():
     ref = json.loads(KEYS_JSON.read_text())["state_dict"]
     with torch.device("meta"):
-        model = FineBlipRetrieval(published_config(2), LossConfig(), CompatConfig(), BASE_VOCAB, 102, 30523)
+        model = FineBlipRetrieval(published_config(2), LossConfig(), CompatConfig().model_behaviour(), BASE_VOCAB, 102, 30523)
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert sorted(set(ref) - set(ours)) == []  # missing
     assert sorted(set(ours) - set(ref)) == []  # unexpected
@@ -70,7 +72,7 @@ def test_base_state_dict_matches_published_keys_and_shapes():
 
 def test_stage1_adds_exactly_the_phrase_convolutions():
     with torch.device("meta"):
-        stage1 = FineBlipRetrieval(published_config(1), LossConfig(), CompatConfig(), BASE_VOCAB, 102, 30523)
+        stage1 = FineBlipRetrieval(published_config(1), LossConfig(), CompatConfig().model_behaviour(), BASE_VOCAB, 102, 30523)
     ref = json.loads(KEYS_JSON.read_text())["state_dict"]
     extra = {k: list(v.shape) for k, v in stage1.state_dict().items() if k not in ref}
     assert extra == {"unigram_conv.weight": [768, 768, 1], "unigram_conv.bias": [768],
@@ -152,7 +154,7 @@ def test_eval_pool_range_compat_pools_the_sign_fixed_does_not():
 
 
 def test_padding_in_word_pooling_compat_only():
-    """compat (D5): pooled word features depend on the padded length; fixed: they do not."""
+    """compat (compat.local_pool_mask): pooled word features depend on the padded length; fixed: they do not."""
     short = make_batch(length=12)
     ids, mask = short["input_ids"], short["attention_mask"]
     long_ids = torch.cat([ids, torch.zeros(4, 8, dtype=torch.long)], 1)
@@ -210,14 +212,15 @@ def test_blip_model_base_loads_with_interpolation_drops_and_notes(tmp_path):
     state = blip_base_like(source)
     torch.save({"model": state}, tmp_path / "model_base.pth")
     queue_before = model.image_queue.clone()
-    report = load_blip_checkpoint(model, tmp_path / "model_base.pth")
-    assert [r.split()[0] for r in report.interpolated] == ["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"]
-    expected = interpolate_pos_embed(state["visual_encoder.pos_embed"], 576)
-    assert torch.allclose(model.visual_encoder.pos_embed, expected)
-    assert [d.split()[0] for d in report.dropped_shape] == ["image_queue", "text_queue"]
+    report = load_weights(model, tmp_path / "model_base.pth", family="blip")
+    assert [n for n in report.notes if "resampled" in n] == ["visual_encoder.pos_embed resampled 14x14 -> 24x24",
+                                                             "visual_encoder_m.pos_embed resampled 14x14 -> 24x24"]
+    expected = resample_abs_pos_embed(state["visual_encoder.pos_embed"], [24, 24], antialias=False)
+    assert torch.equal(model.visual_encoder.pos_embed, expected)
+    assert list(report.dropped) == ["image_queue", "text_queue"]
     assert torch.equal(model.image_queue, queue_before)
     assert any("text_decoder" in note for note in report.notes)
-    assert "text_decoder" not in report.summary().split("unexpected")[-1]
+    assert "unexpected (ignored): queue_ptr; ignored 2 keys of BLIP's text decoder" in report.summary()
     assert set(report.missing) == {"W_v", "att_layer_v.weight", "att_layer_v.bias", "idx_queue", "ptr_queue"}
     assert report.unexpected == ["queue_ptr"]
     assert torch.equal(model.text_encoder.encoder.layer[0].crossattention.self.key.weight,
@@ -228,22 +231,22 @@ def test_word_embeddings_grow_for_added_sign_tokens(tmp_path):
     small, big = make_model(vocab=VOCAB), make_model(vocab=VOCAB + 9)
     torch.save({"model": small.state_dict()}, tmp_path / "small.pth")
     fresh_rows = big.text_encoder.embeddings.word_embeddings.weight[VOCAB:].clone()
-    report = load_blip_checkpoint(big, tmp_path / "small.pth")
+    report = load_weights(big, tmp_path / "small.pth", family="blip")
     weight = big.text_encoder.embeddings.word_embeddings.weight
     assert torch.equal(weight[:VOCAB], small.text_encoder.embeddings.word_embeddings.weight)
     assert torch.equal(weight[VOCAB:], fresh_rows)
-    assert len(report.resized) == 2 and not report.dropped_shape
+    assert len([n for n in report.notes if "grown 50 -> 59 rows" in n]) == 2 and not report.dropped
     # strict (evaluation in fixed mode of a released model): the same growth, everything else must match
     again = make_model(vocab=VOCAB + 9)
     fresh_rows = again.text_encoder.embeddings.word_embeddings.weight[VOCAB:].clone()
-    report = load_blip_checkpoint(again, tmp_path / "small.pth", strict=True)
+    report = load_weights(again, tmp_path / "small.pth", family="blip", strict=True)
     weight = again.text_encoder.embeddings.word_embeddings.weight
     assert torch.equal(weight[:VOCAB], small.text_encoder.embeddings.word_embeddings.weight)
     assert torch.equal(weight[VOCAB:], fresh_rows)
-    assert len(report.resized) == 2
+    assert len([n for n in report.notes if "grown 50 -> 59 rows" in n]) == 2
     torch.save({"model": big.state_dict()}, tmp_path / "big.pth")
-    with pytest.raises(RuntimeError, match="word_embeddings"):  # more rows in the file than the model: refused
-        load_blip_checkpoint(small, tmp_path / "big.pth", strict=True)
+    with pytest.raises(DataError, match="word_embeddings.weight has shape"):  # more rows in the file: refused
+        load_weights(small, tmp_path / "big.pth", family="blip", strict=True)
 
 
 def test_fine_blip_checkpoint_loads_strictly_and_rejects_other_key_sets(tmp_path):
@@ -252,24 +255,24 @@ def test_fine_blip_checkpoint_loads_strictly_and_rejects_other_key_sets(tmp_path
         trained.temp.fill_(0.05)
     state = trained.state_dict()
     torch.save({"model": state}, tmp_path / "ours.pth")
-    report = load_blip_checkpoint(model, tmp_path / "ours.pth", strict=True)
-    assert not (report.missing or report.unexpected or report.dropped_shape)
+    report = load_weights(model, tmp_path / "ours.pth", family="blip", strict=True)
+    assert not (report.missing or report.unexpected or report.dropped) and report.remapped == 0
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     torch.save({"model": {**state, "extra.weight": torch.zeros(1)}}, tmp_path / "extra.pth")
-    with pytest.raises(RuntimeError, match="extra.weight"):
-        load_blip_checkpoint(model, tmp_path / "extra.pth", strict=True)
+    with pytest.raises(DataError, match=r"missing \[\], unexpected \[extra.weight\]"):
+        load_weights(model, tmp_path / "extra.pth", family="blip", strict=True)
     torch.save({"model": {k: v for k, v in state.items() if k != "W_v"}}, tmp_path / "less.pth")
-    with pytest.raises(RuntimeError, match="W_v"):
-        load_blip_checkpoint(model, tmp_path / "less.pth", strict=True)
+    with pytest.raises(DataError, match=r"missing \[W_v\]"):
+        load_weights(model, tmp_path / "less.pth", family="blip", strict=True)
     torch.save({"model": {"something.else": torch.zeros(1)}}, tmp_path / "other.pth")
-    with pytest.raises(RuntimeError, match="does not hold"):
-        load_blip_checkpoint(model, tmp_path / "other.pth")
+    with pytest.raises(DataError, match="not a BLIP / Fashion-FINE-on-BLIP checkpoint"):
+        load_weights(model, tmp_path / "other.pth", family="blip")
 
 
 def test_stage2_starts_from_a_stage1_checkpoint(tmp_path):
     stage1, stage2 = make_model(tiny_model_config(stage=1)), make_model(tiny_model_config(stage=2))
     torch.save({"model": stage1.state_dict()}, tmp_path / "checkpoint_2.pth")
-    report = load_blip_checkpoint(stage2, tmp_path / "checkpoint_2.pth")
+    report = load_weights(stage2, tmp_path / "checkpoint_2.pth", family="blip")
     assert sorted(report.unexpected) == sorted(f"{n}gram_conv.{p}" for n in ("uni", "bi", "tri")
                                                for p in ("weight", "bias"))
-    assert not report.missing and not report.momentum_copied
+    assert not report.missing and not report.notes

@@ -21,7 +21,6 @@ from datasets.fashiongen import FashionGenCMRTrainDataset, FashionGenSplit
 from engine.config import ConfigError
 from engine.errors import DataError
 from evaluation.report import load_report
-from tasks import fashiongen_run
 from tasks.cmr_eval import TEST_SELECTION_WARNING, CMREvaluator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +80,7 @@ def replace(path: Path, data: bytes | str) -> Path:
 @dataclass
 class Trace:
     """Reads of FashionGen rows during a run, tagged with the phase: `training` (including the per-epoch
-    selection evaluations) or `final` (the test evaluation after training, `report_test`)."""
+    selection evaluations) or `final` (the test evaluation after training, `CMREvaluator.report`)."""
 
     phase: str = "training"
     images: list[tuple[str, int, str]] = field(default_factory=list)  # (split, row, phase)
@@ -97,7 +96,7 @@ class Trace:
 def traced() -> Iterator[Trace]:
     trace = Trace()
     read_image, read_fields = FashionGenSplit.read_image, FashionGenSplit.read_fields
-    get_item, evaluate, report_test = FashionGenCMRTrainDataset.__getitem__, CMREvaluator.run, fashiongen_run.report_test
+    get_item, evaluate, report_test = FashionGenCMRTrainDataset.__getitem__, CMREvaluator.run, CMREvaluator.report
 
     def traced_read_image(self, row):
         trace.images.append((self.split, int(row), trace.phase))
@@ -115,16 +114,16 @@ def traced() -> Iterator[Trace]:
         trace.evaluations.append((self.name, trace.phase))
         return evaluate(self, model)
 
-    def traced_report(*args, **kwargs):
+    def traced_report(self, *args, **kwargs):
         trace.phase = "final"
-        return report_test(*args, **kwargs)
+        return report_test(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(FashionGenSplit, "read_image", traced_read_image)
         mp.setattr(FashionGenSplit, "read_fields", traced_read_fields)
         mp.setattr(FashionGenCMRTrainDataset, "__getitem__", traced_get_item)
         mp.setattr(CMREvaluator, "run", traced_run)
-        mp.setattr(fashiongen_run, "report_test", traced_report)  # the lambda in run_fashiongen looks it up
+        mp.setattr(CMREvaluator, "report", traced_report)
         yield trace
 
 
@@ -155,8 +154,9 @@ def test_heldout_selection_never_reads_the_test_split_during_training(heldout_ru
     assert trace.rows("images", "train", "final") == [] and trace.rows("texts", "train", "final") == []
 
     record = json.loads((out / "eval_sets" / "fashiongen_heldout_products.json").read_text(encoding="utf-8"))
-    heldout = set(record["products"])
-    assert len(heldout) == 20 and record["num_products"] == train.num_products
+    heldout = set(record["heldout"])
+    assert len(heldout) == 20 and record["total"] == train.num_products
+    assert record["heldout_labels"] == train.product_ids[record["heldout"]].tolist()
     heldout_rows = {r for p in heldout for r in train.product_rows(p)}
     # Training never serves a held-out product; the selection evaluation reads every held-out image.
     assert trace.train_products and not heldout & set(trace.train_products)

@@ -36,7 +36,6 @@ def launch(launcher: list[str], out: Path) -> list[dict]:
 def test_two_process_gloo(tmp_path, launcher):
     r0, r1 = launch(launcher, tmp_path)
     assert (r0["world"], r0["backend"], r1["rank"]) == (2, "gloo", 1)
-    assert r0["sum"] == r1["sum"] == 3.0 and r0["mean"] == r1["mean"] == 0.5
     assert r0["gathered"] == r1["gathered"] == [0, 1, 10, 11]
     # d/dx of sum_i i * gathered_i: rank 0 owns rows 0,1; rank 1 rows 2,3 (gradients summed over ranks: x2)
     assert r0["grad"] == [[0.0] * 3, [2.0] * 3] and r1["grad"] == [[4.0] * 3, [6.0] * 3]

@@ -17,11 +17,10 @@ from datasets.fashioniq import (
     TGIRTrainDataset,
     Triplet,
     image_ids,
-    load_or_create_heldout,
+    load_or_create_heldout_triplets,
     load_triplets,
     read_caption_file,
     read_image_split,
-    split_by_reference,
 )
 from datasets.text import load_tokenizer
 from engine.data import build_eval_loader
@@ -188,21 +187,21 @@ def test_query_and_gallery_datasets_through_eval_loader(fiq_root, tokenizer):
 
 def test_heldout_split_by_reference(tmp_path):
     triplets = [Triplet(f"R{i % 37:02d}", f"T{i:03d}", ("is red",)) for i in range(200)]
-    split = split_by_reference(triplets, 0.1, seed=1)
-    held = {triplets[i].reference for i in split.heldout_indices}
-    train = {triplets[i].reference for i in split.train_indices}
-    assert not held & train and len(held) == 4 and sorted(held) == split.heldout_references
-    assert sorted(split.train_indices + split.heldout_indices) == list(range(200))
     path = tmp_path / "eval_sets" / "fashioniq_heldout.json"
-    first = load_or_create_heldout(path, triplets, 0.1, seed=1)
-    assert first == split and load_or_create_heldout(path, triplets, 0.1, seed=1) == split
-    assert split_by_reference(triplets, 0.1, seed=2) != split
-    with pytest.raises(DataError, match="other triplets or options"):
-        load_or_create_heldout(path, triplets, 0.2, seed=1)
-    with pytest.raises(DataError, match="other triplets or options"):
-        load_or_create_heldout(path, triplets[:-1], 0.1, seed=1)
-    with pytest.raises(DataError, match="keep some"):
-        split_by_reference(triplets[:1], 0.5)
+    split = load_or_create_heldout_triplets(path, triplets, 0.1, seed=1)
+    held = {triplets[i].reference for i in split.heldout}
+    train = {triplets[i].reference for i in split.train}
+    assert not held & train and sorted(held) == ["R02", "R09", "R34", "R35"]  # round(0.1 x 37), the earlier draw
+    assert sorted(split.train + split.heldout) == list(range(200))
+    assert json.loads(path.read_text(encoding="utf-8"))["heldout_labels"] == sorted(held)
+    assert load_or_create_heldout_triplets(path, triplets, 0.1, seed=1) == split
+    assert load_or_create_heldout_triplets(tmp_path / "seed2.json", triplets, 0.1, seed=2) != split
+    with pytest.raises(DataError, match="drawn with other options"):
+        load_or_create_heldout_triplets(path, triplets, 0.2, seed=1)
+    with pytest.raises(DataError, match="drawn for another data set"):
+        load_or_create_heldout_triplets(path, triplets[:-1], 0.1, seed=1)
+    with pytest.raises(DataError, match="cannot hold out 1 of 1"):
+        load_or_create_heldout_triplets(tmp_path / "one.json", triplets[:1], 0.5)
 
 
 def test_image_ids_are_dense_and_sorted():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from datasets.fashiongen import FashionGenSplit, load_heldout_products, remaining_products
+from datasets.fashiongen import HELDOUT_FILENAME, FashionGenSplit
 from engine.checkpoint import load_file
 from engine.data import EpochSampler
 
@@ -30,8 +30,8 @@ def expected_queue_ids(root: Path, out: Path) -> list[int]:
     """Product ids the queue must hold after STEPS steps: per step, rank 0's batch then rank 1's batch,
     recomputed from the training products and each rank's sampler shard."""
     split = FashionGenSplit(root, "train")
-    heldout = load_heldout_products(out / "eval_sets" / "fashiongen_heldout_products.json", split.num_products)
-    rows = split.rows_of(split.select_products(remaining_products(split.num_products, heldout)))
+    heldout = set(json.loads((out / "eval_sets" / HELDOUT_FILENAME).read_text(encoding="utf-8"))["heldout"])
+    rows = split.rows_of(split.select_products([p for p in range(split.num_products) if p not in heldout]))
     product_of_item = split.row_product[rows]
     shards = [EpochSampler(len(rows), seed=SEED, rank=r, world_size=WORLD).indices() for r in range(WORLD)]
     ids = []

@@ -1,5 +1,5 @@
 """The three Fashion-FINE models: published state-dict layout (base size, meta device), checkpoint loading,
-the compat/fixed switches of fine-model.md §8, tiny forward/backward passes and bf16 autocast on CPU."""
+the compat/fixed switches (docs/compat.md), tiny forward/backward passes and bf16 autocast on CPU."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
-import models.fine_base as fine_base
+import models.fine_dual_encoder as dual_encoder
+from engine.errors import DataError
 from engine.sections import OptimConfig, ScheduleConfig
 from models.bert import TextConfig
-from models.checkpoint_keys import load_checkpoint
-from models.fine_config import CompatConfig, FineModelConfig, LossConfig
+from models.fine_config import FineModelConfig, LossConfig
 from models.fine_pretrain import FinePretrainModel
 from models.fine_retrieval import FineRetrievalModel
 from models.fine_tgir import FineTGIRModel
-from models.vit import VisionConfig, interpolate_pos_embed
+from models.vit import VisionConfig
+from models.weights import load_weights
+from tasks.compat import CompatConfig
 from tasks.fine_common import optimizer_and_schedule
 
 REFERENCE = Path(__file__).parent / "data" / "fine_pretrain_state_dict.json"  # copy of the spec's file
@@ -40,7 +43,7 @@ def tiny_config(queue: int = 2 * B) -> FineModelConfig:
 
 def tiny(cls: type, mode: str = "fixed", seed: int = 0, queue: int = 2 * B, **compat: str):
     torch.manual_seed(seed)
-    return cls(tiny_config(queue), LossConfig(), CompatConfig(mode=mode, **compat), vocab_size=VOCAB,
+    return cls(tiny_config(queue), LossConfig(), CompatConfig(mode=mode, **compat).model_behaviour(), vocab_size=VOCAB,
                sep_token_id=SEP)
 
 
@@ -103,7 +106,7 @@ def reference_shapes() -> dict[str, list[int]]:
 
 def base_shapes(cls: type, mode: str) -> dict[str, list[int]]:
     with torch.device("meta"):
-        model = cls(FineModelConfig(), LossConfig(), CompatConfig(mode=mode), vocab_size=30522, sep_token_id=102)
+        model = cls(FineModelConfig(), LossConfig(), CompatConfig(mode=mode).model_behaviour(), vocab_size=30522, sep_token_id=102)
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -125,7 +128,7 @@ PRETRAIN_ONLY = ("unigram_conv.", "bigram_conv.", "trigram_conv.", "decoder_laye
 def retrieval_reference(mode: str) -> dict[str, list[int]]:
     ref = reference_shapes()
     out = {k: v for k, v in ref.items() if not k.startswith(PRETRAIN_ONLY) and k != "idx_queue"}
-    if mode == "fixed":  # D8: id-aware targets keep an id queue
+    if mode == "fixed":  # compat.retrieval_id_targets: id-aware targets keep an id queue
         out["idx_queue"] = ref["idx_queue"]
     return out
 
@@ -167,13 +170,13 @@ def test_published_key_names_load_without_missing_or_unexpected(source, tmp_path
     # the tiny model carries the published names (fewer layers: compare with layer numbers blanked out)
     assert {re.sub(r"\.\d+\.", ".N.", k) for k in state} == {re.sub(r"\.\d+\.", ".N.", k) for k in reference_shapes()}
     target = tiny(FinePretrainModel, seed=2)
-    report = load_checkpoint(target, save(state, tmp_path / "ck.pth"))
-    assert report.missing == [] and report.unexpected == [] and report.dropped_shape == []
-    assert report.remapped == 0 and not report.momentum_copied
+    report = load_weights(target, save(state, tmp_path / "ck.pth"), family="fine")
+    assert report.missing == [] and report.unexpected == [] and report.dropped == {}
+    assert report.remapped == 0 and not report.notes and report.loaded == len(state)
     assert states_equal(target.state_dict(), state, state)
     # the same file also loads strictly (evaluation)
     strict = tiny(FinePretrainModel, seed=3)
-    assert load_checkpoint(strict, tmp_path / "ck.pth", strict=True).missing == []
+    assert load_weights(strict, tmp_path / "ck.pth", family="fine", strict=True).missing == []
     assert states_equal(strict.state_dict(), state, state)
 
 
@@ -193,7 +196,7 @@ def test_albef_names_are_remapped(source, tmp_path):
     albef["text_encoder.bert.pooler.dense.weight"] = torch.zeros(16, 16)  # heads ALBEF has and FINE has not
     albef["text_encoder.cls.seq_relationship.weight"] = torch.zeros(2, 16)
     target = tiny(FinePretrainModel, seed=2)
-    report = load_checkpoint(target, save(albef, tmp_path / "albef.pth"))
+    report = load_weights(target, save(albef, tmp_path / "albef.pth"), family="fine")
     assert report.remapped > 0 and report.missing == [] and report.unexpected == []
     assert states_equal(target.state_dict(), state, state)
 
@@ -201,15 +204,16 @@ def test_albef_names_are_remapped(source, tmp_path):
 def test_momentum_copied_from_online_when_absent(source, tmp_path):
     state = {k: v for k, v in source.state_dict().items() if not k.split(".")[0].endswith("_m")}
     target = tiny(FinePretrainModel, seed=2)
-    report = load_checkpoint(target, save(state, tmp_path / "no_m.pth"))
-    assert report.momentum_copied and "copied from the online encoders" in report.summary()
+    report = load_weights(target, save(state, tmp_path / "no_m.pth"), family="fine")
+    assert "momentum encoders copied from the online encoders" in report.notes
+    assert "copied from the online encoders" in report.summary()
     for online, momentum in target.momentum_pairs:
         for p, p_m in zip(online.parameters(), momentum.parameters()):
             assert torch.equal(p, p_m)
     assert torch.equal(target.visual_encoder_m.pos_embed, source.visual_encoder.pos_embed)
     # an evaluation (strict) load refuses a file without momentum encoders
-    with pytest.raises(RuntimeError, match="momentum encoders"):
-        load_checkpoint(tiny(FinePretrainModel), tmp_path / "no_m.pth", strict=True)
+    with pytest.raises(DataError, match=r"no_m\.pth: .*missing \[<momentum encoders \(\*_m\)>\]"):
+        load_weights(tiny(FinePretrainModel), tmp_path / "no_m.pth", family="fine", strict=True)
 
 
 def test_pos_embed_of_another_grid_is_interpolated(source, tmp_path):
@@ -219,14 +223,14 @@ def test_pos_embed_of_another_grid_is_interpolated(source, tmp_path):
     state["visual_encoder.pos_embed"] = old
     state["visual_encoder_m.pos_embed"] = old.clone()
     target = tiny(FinePretrainModel, seed=2)
-    report = load_checkpoint(target, save(state, tmp_path / "grid.pth"))
-    assert sorted(r.split()[0] for r in report.interpolated) == ["visual_encoder.pos_embed",
-                                                                 "visual_encoder_m.pos_embed"]
+    report = load_weights(target, save(state, tmp_path / "grid.pth"), family="fine")
+    assert report.notes == ["visual_encoder.pos_embed resampled 4x4 -> 2x2",
+                            "visual_encoder_m.pos_embed resampled 4x4 -> 2x2"]
     new = target.visual_encoder.pos_embed.detach()
     assert new.shape == (1, 5, 16)
     assert torch.equal(new[:, 0], old[:, 0])  # CLS row unchanged
     assert torch.allclose(new[:, 1:], old[:, 1:2].expand(1, 4, 16), atol=1e-5)
-    assert torch.allclose(new, interpolate_pos_embed(old, 4))
+    assert torch.equal(new, resample_abs_pos_embed(old, [2, 2], antialias=False))
     assert torch.equal(target.visual_encoder_m.pos_embed, new)
 
 
@@ -236,14 +240,15 @@ def test_queue_of_another_length_is_dropped_with_a_report(source, tmp_path):
         longer.queue_ptr.fill_(3 * B)  # a pointer that does not exist in the shorter queue
     target = tiny(FinePretrainModel, seed=2)
     before = {k: v.clone() for k, v in target.state_dict().items() if "queue" in k}
-    report = load_checkpoint(target, save(longer.state_dict(), tmp_path / "q.pth"))
-    assert sorted(report.dropped_shape) == ["idx_queue", "image_queue", "queue_ptr", "text_queue"]
+    report = load_weights(target, save(longer.state_dict(), tmp_path / "q.pth"), family="fine")
+    assert sorted(report.dropped) == ["idx_queue", "image_queue", "queue_ptr", "text_queue"]
+    assert report.dropped["image_queue"] == ((8, 4 * B), (8, 2 * B))
     assert "dropped (shape differs" in report.summary() and "image_queue" in report.summary()
     assert states_equal(target.state_dict(), before, ["image_queue", "text_queue", "idx_queue"])
     assert target.queue_ptr.item() == 0  # the pointer belongs to the dropped queues
     assert torch.isfinite(torch.stack(list(target(pretrain_batch()).values()))).all()
-    with pytest.raises(RuntimeError, match="image_queue has shape"):
-        load_checkpoint(tiny(FinePretrainModel), tmp_path / "q.pth", strict=True)
+    with pytest.raises(DataError, match="image_queue has shape"):
+        load_weights(tiny(FinePretrainModel), tmp_path / "q.pth", family="fine", strict=True)
 
 
 @pytest.mark.parametrize("state", [
@@ -251,34 +256,34 @@ def test_queue_of_another_length_is_dropped_with_a_report(source, tmp_path):
     {"foo": torch.zeros(3)},
 ])
 def test_checkpoint_of_another_model_fails_clearly(state, tmp_path):
-    with pytest.raises(RuntimeError, match=r"does not hold a Fashion-FINE/ALBEF model: no keys under"):
-        load_checkpoint(tiny(FinePretrainModel), save(state, tmp_path / "other.pth"))
+    with pytest.raises(DataError, match=r"other\.pth: not a Fashion-FINE / ALBEF checkpoint \(no visual_encoder"):
+        load_weights(tiny(FinePretrainModel), save(state, tmp_path / "other.pth"), family="fine")
 
 
 def test_missing_weights(source, tmp_path):
     state = source.state_dict()
     no_itm = {k: v for k, v in state.items() if not k.startswith("itm_head.")}
     path = save(no_itm, tmp_path / "no_itm.pth")
-    with pytest.raises(RuntimeError, match="model weights missing from the checkpoint: itm_head"):
-        load_checkpoint(tiny(FinePretrainModel), path, strict=True)
-    report = load_checkpoint(tiny(FinePretrainModel), path)  # initialisation: a fresh head is allowed
+    with pytest.raises(DataError, match=r"strict load\): missing \[itm_head"):
+        load_weights(tiny(FinePretrainModel), path, family="fine", strict=True)
+    report = load_weights(tiny(FinePretrainModel), path, family="fine")  # initialisation: a fresh head is allowed
     assert sorted(report.missing) == ["itm_head.bias", "itm_head.weight"]
     no_proj = {k: v for k, v in state.items() if not k.startswith("vision_proj.")}
-    with pytest.raises(RuntimeError, match="vision_proj.weight"):
-        load_checkpoint(tiny(FinePretrainModel), save(no_proj, tmp_path / "no_proj.pth"))
+    with pytest.raises(DataError, match="model weights missing from the file: vision_proj.weight"):
+        load_weights(tiny(FinePretrainModel), save(no_proj, tmp_path / "no_proj.pth"), family="fine")
 
 
 def test_vocabulary_size_mismatch_names_the_key(source, tmp_path):
     state = source.state_dict()
     key = "text_encoder.embeddings.word_embeddings.weight"
     state[key] = torch.zeros(VOCAB + 5, 16)
-    with pytest.raises(RuntimeError, match=rf"{key} has shape \(45, 16\), the model expects \(40, 16\)"):
-        load_checkpoint(tiny(FinePretrainModel), save(state, tmp_path / "vocab.pth"))
+    with pytest.raises(DataError, match=rf"{key} has shape \(45, 16\), the model expects \(40, 16\)"):
+        load_weights(tiny(FinePretrainModel), save(state, tmp_path / "vocab.pth"), family="fine")
 
 
 def test_retrieval_loads_a_pretraining_checkpoint(source, tmp_path):
     path = save(source.state_dict(), tmp_path / "pt.pth")
-    report = load_checkpoint(tiny(FineRetrievalModel, "compat"), path)
+    report = load_weights(tiny(FineRetrievalModel, "compat"), path, family="fine")
     assert report.missing == [] and set(report.unexpected) >= {"idx_queue", "unigram_conv.weight"}
 
 
@@ -334,15 +339,15 @@ def test_padding_content_changes_the_symbol_feature_only_in_compat(mode):
 
 @pytest.mark.parametrize("mode", ["compat", "fixed"])
 def test_itm_negatives_exclude_the_same_product_only_in_fixed(mode, monkeypatch):
-    """D7: same-product pairs scored far above the rest are always drawn in compat, never in fixed."""
+    """compat.itm_negative_mask: same-product pairs scored far above the rest are always drawn in compat, never in fixed."""
     drawn: list[torch.Tensor] = []
-    original = fine_base.sample_hard_negatives
+    original = dual_encoder.sample_hard_negatives
 
     def recording(sim: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
         drawn.append(original(sim, same))
         return drawn[-1]
 
-    monkeypatch.setattr(fine_base, "sample_hard_negatives", recording)
+    monkeypatch.setattr(dual_encoder, "sample_hard_negatives", recording)
     model = tiny(FinePretrainModel, mode)
     idx = torch.tensor([5, 5, 7, 7])
     sim = torch.zeros(B, B + model.cfg.queue_size)

@@ -1,5 +1,5 @@
 """Fashion-FINE building blocks on hand-checkable numbers: attention pooling, n-gram phrases, the losses,
-queues and the momentum update (fine-model.md §1.5-§2.3)."""
+queues and the momentum update."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_masked_positions_get_exactly_zero_weight():
 
 
 def test_unmasked_compat_pooling_includes_padding():
-    """Without a mask (the published behaviour, D5) padded positions take weight and move the result."""
+    """Without a mask (the published behaviour, compat.local_pool_mask) padded positions take weight and move the result."""
     w_v, layer = identity_pool()
     tokens = torch.tensor([[[0.5, 3.0], [-1.0, 2.0], [0.0, 0.0]]])  # last position: padding
     weights = attention_weights(tokens, w_v, layer)
@@ -238,7 +238,7 @@ def test_hard_negatives_never_diagonal_nor_same_product():
     assert not (idx[draws] == idx[rows]).any()
     # every admissible column is drawn for row 0 (products 1, 2, 3 -> columns 2..5)
     assert set(draws[:, 0].tolist()) == {2, 3, 4, 5}
-    # without the product mask (compat, D7) the same-product column dominates
+    # without the product mask (compat.itm_negative_mask: compat) the same-product column dominates
     compat = torch.stack([sample_hard_negatives(sim) for _ in range(50)])
     assert (compat[:, 0] == 1).all() and (compat[:, 1] == 0).all()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import load_config
+from engine.config import ConfigError, build_config, load_config
 from engine.optim import build_optimizer, build_param_groups, build_scheduler, warmup_cosine_factor
 from engine.sections import OptimConfig, ScheduleConfig
 
@@ -42,6 +42,25 @@ def test_published_scalar_decay_and_per_group_lr():
     assert "temp" in groups["default"][0]
     assert groups["head"] == (["head.weight"], 1e-5, 0.3)
     assert groups["head/no_decay"] == (["head.bias"], 1e-5, 0.0)
+
+
+def test_named_groups_come_first_in_their_order_with_their_own_lr():
+    tree = {"lr": 1e-3, "decay_all": True, "groups": [
+        {"name": "late", "prefixes": ["enc.", "norm."], "lr": 1e-5},
+        {"name": "scaled", "prefixes": ["head.bias"], "lr_scale": 0.5}], "group_lr": {"head.": 2e-4}}
+    cfg = build_config(OptimConfig, tree)
+    groups = build_param_groups(Net().named_parameters(), cfg)
+    # named groups first, then the others by their first parameter (the module's own `temp` comes first)
+    assert [g["name"] for g in groups] == ["late", "scaled", "default/no_decay", "head."]
+    assert groups_by_name(groups)["late"] == (["enc.bias", "enc.weight", "norm.bias", "norm.weight"], 1e-5, 0.0)
+    assert groups_by_name(groups)["scaled"][:2] == (["head.bias"], 0.5e-3)  # longest prefix wins over "head."
+    assert groups_by_name(groups)["head."][:2] == (["head.weight"], 2e-4)
+    assert groups_by_name(groups)["default/no_decay"][0] == ["temp"]  # 0-dim: decay_scalars is off
+    with pytest.raises(ValueError, match=r"match no trainable parameter: \['dec.'\]"):
+        build_param_groups(Net().named_parameters(), build_config(OptimConfig, {"groups": [
+            {"name": "x", "prefixes": ["enc.", "dec."]}]}))
+    with pytest.raises(ConfigError, match="need a name and at least one prefix"):
+        build_config(OptimConfig, {"groups": [{"name": "x"}]})
 
 
 def test_unmatched_group_prefix_is_an_error():

@@ -17,16 +17,15 @@ import prepare_dataset
 from datasets.fashiongen_h5 import (
     ALL_KEYS,
     FashionGenFormatError,
+    ProductGrouper,
     canonical_split,
     check_product_groups,
     decode_h5_string,
-    group_products,
     h5_filename,
     h5_path,
     iter_row_chunks,
     load_product_groups,
     open_h5,
-    read_product_ids,
 )
 from datasets.fashiongen_meta import category_to_sign
 
@@ -79,7 +78,7 @@ def _text_array(values: list[str]) -> np.ndarray:
 def write_fashiongen_h5(
     path: Path, products: list[tuple], seed: int = 0, drop: tuple[str, ...] = ()
 ) -> np.ndarray:
-    """Write a FashionGen-format file with every §1.3 key; return its images."""
+    """Write a FashionGen-format file with every key of the released files; return its images."""
     rows = product_rows(products)
     n = len(rows)
     images = np.random.default_rng(seed).integers(0, 256, size=(n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
@@ -145,6 +144,14 @@ def test_decode_h5_string_is_latin1() -> None:
     assert decode_h5_string("already text") == "already text"
 
 
+def group_products(product_ids, source=None):
+    """Rows grouped as prepare_dataset.py groups them while streaming (`ProductGrouper`)."""
+    grouper = ProductGrouper(source)
+    for row, product_id in enumerate(product_ids):
+        grouper.add(product_id, row)
+    return grouper.finish()
+
+
 def test_group_products_contiguous_runs() -> None:
     assert group_products([5, 5, 7, 9, 9, 9]) == [(5, [0, 1]), (7, [2]), (9, [3, 4, 5])]
     assert group_products(np.array([3, 3, 4])) == [(3, [0, 1]), (4, [2])]
@@ -171,7 +178,6 @@ def test_check_product_groups_at_load(tmp_path: Path) -> None:
 
 def test_open_h5_and_stream(root: Path) -> None:
     with open_h5(root / "fashiongen_256_256_validation.h5") as f:
-        assert read_product_ids(f, chunk_rows=2) == [100001] * 3 + [100002] * 2 + [100003]
         chunks = list(iter_row_chunks(f, ["index_2", "input_description"], chunk_rows=4))
     assert [start for start, _ in chunks] == [0, 4]
     assert chunks[0][1]["index_2"] == [0, 1, 2, 3]
@@ -249,7 +255,7 @@ def test_outputs_on_hand_made_file(root: Path) -> None:
     ]
     assert [t["image_id"] for t in train_symbol] == [200001, 200001, 200002, 200002]
     assert not (root / "images").exists()  # only with --extract-images
-    assert not list(root.rglob("*.partial"))
+    assert not list(root.rglob("*.tmp"))  # no temporary file of engine.atomic left
 
 
 def test_manifest(root: Path) -> None:
@@ -371,7 +377,7 @@ def test_non_contiguous_product(tmp_path: Path, capsys: pytest.CaptureFixture) -
     err = capsys.readouterr().err
     assert "product id 100001" in err and "rows 0-2" in err and "rows 6-8" in err
     assert not (tmp_path / "validation" / "info_data.json").exists()
-    assert not list(tmp_path.rglob("*.partial"))
+    assert not list(tmp_path.rglob("*.tmp"))  # the failed write removed its temporary file
 
 
 def test_unknown_category(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -1,4 +1,4 @@
-"""Pretraining text builder (fine-data-eval.md §3.4, fine-model.md §1.3, §2.4, §2.5, §8 D1-D3)."""
+"""Pretraining text builder: layout, masked-LM and replaced-token corruption, the three compat switches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from datasets.pretrain_text import (
     PretrainTextBuilder,
     PretrainTextOptions,
     attribute_value,
-    build_pretrain_text,
     expand_season,
     is_regular_token,
     replacement_count,
@@ -192,7 +191,7 @@ def test_antonym_replacement_compat_and_fixed(tok):
     lex = FakeLexicon({"long": ["short"], "black": ["white", "ice_cream"], "navy": ["yankee_doodle"]})
     vid = tok.convert_tokens_to_ids
     fixed = PretrainTextBuilder(tok, 180, PretrainTextOptions(), lexicon=lex)
-    compat = PretrainTextBuilder(tok, 180, PretrainTextOptions.from_mode("compat"), lexicon=lex)
+    compat = PretrainTextBuilder(tok, 180, PretrainTextOptions("compat", "compat", "compat"), lexicon=lex)
     assert fixed._replacement("long", vid("long"), AntonymBranch()) == vid("short")
     assert compat._replacement("long", vid("long"), AntonymBranch()) == vid("short")
     # A multiword antonym: compat inserts the lemma string as one token ([UNK]); fixed tokenises it, finds
@@ -230,8 +229,6 @@ def test_deterministic_per_seed(tok):
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert all(not torch.equal(a[0], build(tok, s)[0]) or not torch.equal(a[2], build(tok, s)[2])
                for s in range(8, 14))
-    wrapped = build_pretrain_text(INFO, tok, 180, np.random.default_rng(7), PretrainTextOptions())
-    assert all(torch.equal(x, y) for x, y in zip(a, wrapped))
 
 
 def test_truncation_keeps_first_shuffled_targets_in_compat(tok):
@@ -258,8 +255,6 @@ def test_attribute_values_and_seasons():
 
 
 def test_options_and_errors(tok, tmp_path):
-    assert PretrainTextOptions.from_mode("compat", rtd_vocab="fixed") == PretrainTextOptions(
-        "compat", "compat", "fixed")
     with pytest.raises(ValueError, match="rtd_sampling"):
         PretrainTextOptions(rtd_sampling="legacy")
     with pytest.raises(DataError, match="has no sign"):

@@ -16,11 +16,19 @@ from datasets.fashiongen_meta import SIGN_TOKENS, category_to_sign, subcategorie
 from datasets.synthetic import GarmentSpec, Pose, change_attributes, generate_asen, render, sample_spec
 from datasets.synthetic.__main__ import main as cli_main
 from datasets.synthetic.asen import ATTRIBUTES, NUM_VALUES
-from datasets.synthetic.captions import KEYWORDS, changed_attributes
+from datasets.synthetic.captions import changed_attributes
 from datasets.synthetic.fashioniq import CATEGORIES, generate_fashioniq
 from datasets.synthetic.garment import PALETTE
 
 FG_FILES = ("fashiongen_256_256_train.h5", "fashiongen_256_256_validation.h5")
+# Words a FashionIQ caption about each changed attribute contains.
+KEYWORDS = {
+    "pattern": ("solid", "plain", "pattern", "stripe", "dot", "check"),
+    "sleeve": ("sleeve",),
+    "neckline": ("neck", "collar"),
+    "length": ("short", "long", "knee", "floor"),
+    "logo": ("logo",),
+}
 STRING_KEYS = (
     "input_description",
     "input_category",

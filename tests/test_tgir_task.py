@@ -21,10 +21,8 @@ from engine.errors import DataError
 from engine.seeding import seed_everything
 from evaluation.report import load_report
 from models.fine_tgir import FineTGIRModel
-from tasks import tgir_run
-from tasks.fine_common import build_model
 from tasks.fine_schema import TGIRConfig
-from tasks.tgir_run import VAL_SELECTION_WARNING, TGIREvaluator
+from tasks.tgir import VAL_SELECTION_WARNING, TGIREvaluator
 
 CONFIG = "configs/tgir_tiny.yaml"
 CATEGORIES = ("dress", "shirt", "toptee")
@@ -64,7 +62,9 @@ def fresh_checkpoint(synthetic_root, tmp_path_factory) -> Path:
     """A freshly initialised TGIR model of the FAST config as {'model': state dict} (a valid --evaluate input)."""
     cfg = load_config(TGIRConfig, [CONFIG], sets(synthetic_root))
     seed_everything(cfg.runtime.seed, 0)
-    model = build_model(FineTGIRModel, cfg.model, cfg.loss, cfg.compat, load_tokenizer(cfg.data.tokenizer))
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    model = FineTGIRModel(cfg.model, cfg.loss, cfg.compat.model_behaviour(), vocab_size=len(tokenizer),
+                          sep_token_id=tokenizer.sep_token_id)
     path = tmp_path_factory.mktemp("tgir_fresh") / "fresh.pth"
     torch.save({"model": model.state_dict()}, path)
     return path
@@ -153,7 +153,7 @@ class Trace:
 def traced() -> Iterator[Trace]:
     trace = Trace()
     load_image, query_item, train_item = fiq.load_image, fiq.TGIRQueryDataset.__getitem__, fiq.TGIRTrainDataset.__getitem__
-    evaluate, report = TGIREvaluator.run, tgir_run.report
+    evaluate, report = TGIREvaluator.run, TGIREvaluator.report
 
     def traced_load_image(path):
         trace.images.append((Path(path).stem, trace.phase))
@@ -171,16 +171,16 @@ def traced() -> Iterator[Trace]:
         trace.evaluations.append((self.name, trace.phase))
         return evaluate(self, model)
 
-    def traced_report(*args, **kwargs):
+    def traced_report(self, *args, **kwargs):
         trace.phase = "final"
-        return report(*args, **kwargs)
+        return report(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fiq, "load_image", traced_load_image)
         mp.setattr(fiq.TGIRQueryDataset, "__getitem__", traced_query_item)
         mp.setattr(fiq.TGIRTrainDataset, "__getitem__", traced_train_item)
         mp.setattr(TGIREvaluator, "run", traced_run)
-        mp.setattr(tgir_run, "report", traced_report)  # run_tgir's final-report lambda looks it up here
+        mp.setattr(TGIREvaluator, "report", traced_report)
         yield trace
 
 
@@ -196,15 +196,17 @@ def test_heldout_selection_never_reads_val_triplets_during_training(synthetic_ro
 
     assert trace.evaluations == [("heldout", "training"), ("val", "final")]
     split = read_json(tmp_path / "eval_sets" / "fashioniq_heldout.json")
-    heldout = set(split["heldout_indices"])
+    held_refs = set(split["heldout_labels"])
+    assert len(held_refs) == split["count"] == len(split["heldout"]) > 0
+    heldout = {i for i, t in enumerate(train) if t["candidate"] in held_refs}
     # During training: queries only from the held-out train triplets, no val image, no held-out triplet trained on.
     assert trace.query_files("training") == {"cap.train.json"}
     assert sorted(e for _, e, p in trace.queries if p == "training") == sorted(heldout)
     assert not trace.image_names("training") & val_only
     assert trace.image_names("training") <= images_of(train)
     assert trace.train_entries and not heldout & set(trace.train_entries)
-    assert len(trace.train_entries) == len(split["train_indices"]) // 16 * 16
-    assert not {train[i]["candidate"] for i in trace.train_entries} & set(split["heldout_references"])
+    assert len(trace.train_entries) == (len(train) - len(heldout)) // 16 * 16
+    assert not {train[i]["candidate"] for i in trace.train_entries} & held_refs
     # The final report: every val triplet of the three categories, val images only.
     assert trace.query_files("final") == {f"cap.{c}.val.json" for c in CATEGORIES}
     assert sum(p == "final" for _, _, p in trace.queries) == sum(len(v) for v in val.values())

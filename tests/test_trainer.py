@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from engine.checkpoint import atomic_save, load_file
+from engine.atomic import torch_save
+from engine.checkpoint import load_file
 from tests.engine_toy import run_toy
 
 
@@ -58,19 +59,19 @@ def test_training_learns_and_writes_logs_and_checkpoints(tmp_path):
 
 
 def test_resume_refuses_a_weights_only_file(tmp_path):
-    atomic_save({"model": {"w": torch.zeros(1)}}, tmp_path / "weights.pth")
+    torch_save(tmp_path / "weights.pth", {"model": {"w": torch.zeros(1)}})
     with pytest.raises(RuntimeError, match="not a resumable training checkpoint"):
         run_toy(tmp_path / "run", resume=str(tmp_path / "weights.pth"))
 
 
-def test_atomic_save_leaves_no_partial_file(tmp_path):
+def test_torch_save_leaves_no_partial_file(tmp_path):
     class Boom:
         def __reduce__(self):
             raise RuntimeError("boom")
 
-    atomic_save({"a": 1}, tmp_path / "ck.pth")
+    torch_save(tmp_path / "ck.pth", {"a": 1})
     with pytest.raises(RuntimeError, match="boom"):
-        atomic_save({"a": Boom()}, tmp_path / "ck.pth")
+        torch_save(tmp_path / "ck.pth", {"a": Boom()})
     assert torch.load(tmp_path / "ck.pth") == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pth"]
 

@@ -1,4 +1,4 @@
-"""Image transforms (fine-data-eval.md §4): determinism from the passed generator, shapes, normalisation, ops."""
+"""Image transforms: determinism from the passed generator, shapes, normalisation, ops."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Synthetic ASEN++ data set in the split-file formats of asenpp.md §1.3 (K = 3 attributes)."""
+"""Synthetic ASEN++ data set in the published split-file formats (K = 3 attributes)."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def check_guarantees(label_lines: list[str], query_lines: dict, candidate_lines:
 
 
 def dataset_yaml(dataset: str, seed: int) -> str:
-    """yacs-style dataset config (asenpp.md §4.6); DATA.BASE_PATH is left to the run config."""
+    """yacs-style dataset config (the published keys); DATA.BASE_PATH is left to the run config."""
     names = ", ".join(ATTRIBUTES)
     nums = ", ".join(str(n) for n in NUM_VALUES)
     return (

@@ -34,16 +34,6 @@ LENGTH_PHRASES = {
 }
 LOGO_PHRASES = {True: ("has a logo", "has a logo on the chest"), False: ("has no logo", "is without a logo")}
 
-# Words a caption about each attribute contains (used by tests and sanity checks).
-KEYWORDS = {
-    "pattern": ("solid", "plain", "pattern", "stripe", "dot", "check"),
-    "sleeve": ("sleeve",),
-    "neckline": ("neck", "collar"),
-    "length": ("short", "long", "knee", "floor"),
-    "logo": ("logo",),
-}
-
-
 def changed_attributes(reference: GarmentSpec, target: GarmentSpec) -> list[str]:
     return [a for a in CHANGEABLE if getattr(reference, a) != getattr(target, a)]
 

@@ -118,7 +118,7 @@ def generate_fashioniq(
     test_triplets: int = 40,
     image_dir: str = "images",
 ) -> dict:
-    """Write the FashionIQ layout of fine-data-eval.md §7.1 into `out_dir`; return the manifest.
+    """Write the FashionIQ layout (captions/, image_splits/, images/) into `out_dir`; return the manifest.
 
     `base_images` per category are shared among the splits in proportion to their triplet counts.
     Images of different splits never coincide. Test caption files (no targets) only with `with_test`.

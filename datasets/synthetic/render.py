@@ -206,17 +206,6 @@ def render(
     return np.ascontiguousarray(out)
 
 
-def contact_sheet(images: list[np.ndarray], columns: int = 8) -> np.ndarray:
-    """Tile equally sized images into one array (for eyeballing the renderer)."""
-    h, w, _ = images[0].shape
-    rows = -(-len(images) // columns)
-    sheet = np.full((rows * h, columns * w, 3), 255, dtype=np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, columns)
-        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
-    return sheet
-
-
 __all__ = [
     "COLOURS",
     "PALETTE",
@@ -224,7 +213,6 @@ __all__ = [
     "GarmentSpec",
     "Pose",
     "Prim",
-    "contact_sheet",
     "garment_colours",
     "pattern_mask",
     "random_pose",

@@ -1,4 +1,4 @@
-"""ASEN++ learns on the synthetic attribute data (asenpp.md §8 recipe, CPU, about 2 minutes).
+"""ASEN++ learns on the synthetic attribute data (CPU, about 2 minutes).
 
 Measured on 2 CPU cores (stage 1: 3 epochs of 2000 triplets; stage 2: 1 epoch; data/training seeds 0-2):
 random embeddings 35.9-36.1 % test MAP; stage 1 97.3-98.9 %; stage 2 98.6-100 %; the embedding conditioned on
@@ -17,11 +17,11 @@ import asen_main
 from datasets.asen import AsenImages, AsenLines, load_eval_split, read_split_lines, schema_from_config
 from engine.config import load_config
 from engine.distributed import init_distributed
-from evaluation.asen_eval import embed_dataset
 from evaluation.map import attribute_map
-from models.asen import ASENet
-from models.asen_config import AsenConfig
-from models.asen_keys import load_weights, read_weights_file
+from models.weights import load_weights
+from tasks.asen import build_model
+from tasks.asen_eval import embed_dataset
+from tasks.asen_schema import AsenConfig
 from tests.asen_helpers import ROOT, synthetic_asen, tiny_args
 
 
@@ -43,8 +43,8 @@ def attribute_specificity(data, checkpoint) -> list[list[float]]:
     cfg = load_config(AsenConfig, [data / "synthetic.yaml", ROOT / "configs/asen/synthetic/s1.yaml"],
                       [f"DATA.BASE_PATH={data.parent}", f"DATA.DATASET={data.name}"])
     schema = schema_from_config(cfg.DATA)
-    model = ASENet(cfg, schema.num_attributes)
-    load_weights(model, read_weights_file(checkpoint), strict=True)
+    model = build_model(cfg, schema.num_attributes)
+    load_weights(model, checkpoint, family="asen", strict=True)
     split = load_eval_split(cfg.DATA, "test", schema)
     images = AsenImages(split.root, split.images, split.list_path, cfg.INPUT.GLOBAL_SIZE, cfg.INPUT.PIXEL_MEAN,
                         cfg.INPUT.PIXEL_STD, keep_original=False)

@@ -4,7 +4,7 @@ in both directions: one text per product, and the ~3 images of a product among 9
 
 Measured on 2 CPU cores with the vocabulary of `build_vocab.py from-captions` (3 + 20 stage epochs of 44 steps; R@1
 I2T/T2I in %): untrained 0.3/0.0; stage 1 lowers its training losses (ITC 0.96 -> 0.84, symbol 0.18 -> 0.04)
-but its queries, which lose the sign they were trained with (D13 fixed), still rank near chance (0.1-0.7 /
+but its queries, which lose the sign they were trained with (fixed sign mode), still rank near chance (0.1-0.7 /
 0.3); after stage 2: seed 42 (config) 2.31/3.33, seed 1 3.61/3.03, seed 42 at lr 5e-3 3.31/2.42; BLIP r_mean
 13-17 against ~1.3 untrained; about 100 s in all. With 12 stage-2 epochs seed 42 ended at 1.61/0.61 (below
 5x chance), seed 1 at 2.21/3.33.
@@ -20,7 +20,7 @@ import torch
 
 import train_blip
 from datasets.fashiongen_blip import load_blip_tokenizer
-from tasks.blip_run import build_model
+from models.fine_blip import FineBlipRetrieval
 from tests.blip_helpers import TINY, blip_view_of, data_overrides, tiny_config
 
 CHANCE = 100 / 330
@@ -44,7 +44,9 @@ def test_two_stages_learn_cross_modal_retrieval(synthetic_root, tmp_path):
 
     cfg = tiny_config("eval", common)  # the untrained model, evaluated like the trained one
     torch.manual_seed(cfg.runtime.seed)
-    untrained = build_model(cfg, load_blip_tokenizer(tokenizer, sign_tokens=True))
+    tok = load_blip_tokenizer(tokenizer, sign_tokens=True)
+    untrained = FineBlipRetrieval(cfg.model, cfg.loss, cfg.compat.model_behaviour(), vocab_size=len(tok),
+                                  sep_token_id=tok.sep_token_id, enc_token_id=tok.enc_token_id)
     torch.save({"model": untrained.state_dict()}, tmp_path / "untrained.pth")
     assert train_blip.main(["--config", str(TINY["eval"]), "--evaluate", "--checkpoint", str(tmp_path / "untrained.pth"),
                             "--output_dir", str(tmp_path / "untrained"), "--set", *common]) == 0

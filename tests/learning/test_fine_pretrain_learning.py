@@ -41,7 +41,6 @@ from engine.config import load_config
 from engine.seeding import seed_everything
 from models.fine_pretrain import LOSS_NAMES, FinePretrainModel
 from tasks import cmr_eval
-from tasks.fine_common import build_model
 from tasks.fine_schema import PretrainConfig
 from tests.learning.conftest import data_overrides
 
@@ -62,7 +61,8 @@ def untrained_metrics(root: Path, out: Path) -> tuple[dict[str, float], float, f
     try:
         torch.set_num_threads(1)
         seed_everything(cfg.runtime.seed, 0)  # what pretrain.py does before building the model
-        model = build_model(FinePretrainModel, cfg.model, cfg.loss, cfg.compat, tokenizer)
+        model = FinePretrainModel(cfg.model, cfg.loss, cfg.compat.model_behaviour(), vocab_size=len(tokenizer),
+                                  sep_token_id=tokenizer.sep_token_id)
         evaluator = cmr_eval.test_evaluator(cfg.data, cfg.eval, tokenizer, cfg.model.vision.image_res,
                                             FashionGenSplit(cfg.data.root, "validation"), out, 0, torch.device("cpu"),
                                             "fp32")

@@ -32,7 +32,6 @@ from engine.config import load_config
 from engine.seeding import seed_everything
 from evaluation.report import load_report
 from models.fine_tgir import FineTGIRModel
-from tasks.fine_common import build_model
 from tasks.fine_schema import TGIRConfig
 from tests.learning.conftest import data_overrides
 
@@ -54,7 +53,9 @@ def save_fresh_model(root: Path, path: Path) -> Path:
     """The freshly initialised TGIR model of the tiny config (seeded as `tgir.py` seeds), as {'model': sd}."""
     cfg = load_config(TGIRConfig, [CONFIG], data_overrides(root, "fashioniq"))
     seed_everything(cfg.runtime.seed, 0)
-    model = build_model(FineTGIRModel, cfg.model, cfg.loss, cfg.compat, load_tokenizer(cfg.data.tokenizer))
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    model = FineTGIRModel(cfg.model, cfg.loss, cfg.compat.model_behaviour(), vocab_size=len(tokenizer),
+                          sep_token_id=tokenizer.sep_token_id)
     torch.save({"model": model.state_dict()}, path)
     return path
 

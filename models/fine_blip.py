@@ -1,4 +1,4 @@
-"""Fashion-FINE on BLIP: the retrieval model of both training stages (fine-model.md §5, §6.3).
+"""Fashion-FINE on BLIP: the retrieval model of both training stages.
 
 BLIP's ViT-B/16 (384 px, activation checkpointing on the last blocks) and MED BERT (cross-attention in
 every layer, skipped in text mode), one projection per modality, momentum encoders, feature queues with an
@@ -13,8 +13,8 @@ import torch
 
 from engine import distributed as du
 from models.blip_config import BlipModelConfig
-from models.fine_base import FineDualEncoder
-from models.fine_config import CompatConfig, LossConfig
+from models.fine_config import FineBehaviour, LossConfig
+from models.fine_dual_encoder import FineDualEncoder
 from models.fine_local import make_ngram_convs
 from models.losses import matching_loss, sample_hard_negatives, symbol_loss
 from models.momentum import random_unit_queue
@@ -26,15 +26,15 @@ def loss_names(stage: int) -> tuple[str, ...]:
 
 class FineBlipRetrieval(FineDualEncoder):
     """`forward(batch, ctx)` returns `{itc, itm}` (+ `symbol` in stage 1); `encode_image` / `encode_text`
-    give the ranking embeddings. Attribute names are the published state-dict names (§6.3).
+    give the ranking embeddings. Attribute names are the published state-dict names.
 
     Text layout: `[CLS] (sign) words [SEP] [PAD]...`. Stage 1 texts carry the sign at position 1 and pool
     words from position 2; stage 2 texts have no sign and pool from position 1.
     """
 
-    def __init__(self, cfg: BlipModelConfig, loss: LossConfig, compat: CompatConfig, vocab_size: int,
+    def __init__(self, cfg: BlipModelConfig, loss: LossConfig, behaviour: FineBehaviour, vocab_size: int,
                  sep_token_id: int, enc_token_id: int) -> None:
-        super().__init__(cfg, loss, compat, vocab_size, sep_token_id, combine_proj=False, text_queue=False)
+        super().__init__(cfg, loss, behaviour, vocab_size, sep_token_id, combine_proj=False, text_queue=False)
         self.stage, self.enc_token_id = cfg.stage, enc_token_id
         embed, size = cfg.embed_dim, cfg.queue_size
         self.register_buffer("image_queue", random_unit_queue(embed, size))
@@ -50,10 +50,11 @@ class FineBlipRetrieval(FineDualEncoder):
     def word_range(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    has_sign: bool) -> tuple[int, torch.Tensor | None]:
         """Words start right after `[CLS]` (and the sign when the text has one), as in both published
-        stages. compat (D5): every later position counts, padding included; fixed: padding and `[SEP]` masked.
+        stages. compat (`compat.local_pool_mask`, docs/compat.md): every later position counts, padding
+        included; fixed: padding and `[SEP]` masked.
         """
         start = 2 if has_sign else 1
-        if self.compat.is_compat("local_pool_mask"):
+        if self.behaviour.pool_padding:
             return start, None
         ids, mask = input_ids[:, start:], attention_mask[:, start:]
         return start, mask.bool() & (ids != self.sep_token_id)
@@ -63,7 +64,7 @@ class FineBlipRetrieval(FineDualEncoder):
                     has_sign: bool = False) -> torch.Tensor:
         """Evaluation embedding of texts. compat (`blip_eval_pool_range`): the shared published scoring
         function pools from position 1 even when it holds the sign; fixed: after the sign, as in training."""
-        if self.compat.is_compat("blip_eval_pool_range"):
+        if self.behaviour.eval_pool_from_1:
             has_sign = False
         return super().encode_text(input_ids, attention_mask, has_sign)
 

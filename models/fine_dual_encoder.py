@@ -11,7 +11,7 @@ from torch import nn
 
 from engine import distributed as du
 from models.bert import BertModel
-from models.fine_config import CompatConfig, FineModelConfig, LossConfig
+from models.fine_config import FineBehaviour, FineModelConfig, LossConfig
 from models.fine_local import attention_pool, init_attention_pool, mix, phrase_feature
 from models.losses import (
     diagonal_targets,
@@ -49,11 +49,11 @@ class FineDualEncoder(nn.Module):
     (`*_proj` then `combine_*_proj`); the BLIP variant (`combine_proj=False`) has the first stage only.
     """
 
-    def __init__(self, cfg: FineModelConfig, loss: LossConfig, compat: CompatConfig, vocab_size: int,
+    def __init__(self, cfg: FineModelConfig, loss: LossConfig, behaviour: FineBehaviour, vocab_size: int,
                  sep_token_id: int, *, itm_head: bool = True, local_pooling: bool = True,
                  text_queue: bool = True, combine_proj: bool = True) -> None:
         super().__init__()
-        self.cfg, self.loss_cfg, self.compat = cfg, loss, compat
+        self.cfg, self.loss_cfg, self.behaviour = cfg, loss, behaviour
         self.sep_token_id = sep_token_id
         self.combine_proj = combine_proj
         width, embed = cfg.vision.width, cfg.embed_dim
@@ -95,14 +95,15 @@ class FineDualEncoder(nn.Module):
                    has_sign: bool) -> tuple[int, torch.Tensor | None]:
         """First word position and the word mask for local pooling.
 
-        compat (D5/D6): words from position 2 whatever the text, every position counts.
+        compat (`compat.text_layout`, `compat.local_pool_mask`; docs/compat.md): words from position 2
+        whatever the text, every position counts.
         fixed: right after `[CLS]` (and the sign when present); padding and `[SEP]` masked.
         """
-        if self.compat.is_compat("text_layout"):
+        if self.behaviour.words_from_2:
             start = 2
         else:
             start = 2 if has_sign else 1
-        if self.compat.is_compat("local_pool_mask"):
+        if self.behaviour.pool_padding:
             return start, None
         ids, mask = input_ids[:, start:], attention_mask[:, start:]
         return start, mask.bool() & (ids != self.sep_token_id)
@@ -123,7 +124,7 @@ class FineDualEncoder(nn.Module):
 
     def symbol_feature(self, hidden: torch.Tensor, input_ids: torch.Tensor,
                        attention_mask: torch.Tensor) -> torch.Tensor:
-        """`norm((1 - r) * f_sign + r * f_phrase)` (§1.9): the projected state at the sign position 1 mixed
+        """`norm((1 - r) * f_sign + r * f_phrase)`: the projected state at the sign position 1 mixed
         with the n-gram phrase feature of the words after it. Needs the three n-gram convolutions
         (`unigram_conv`, `bigram_conv`, `trigram_conv`) of the models that have the phrase branch."""
         start, word_mask = self.word_range(input_ids, attention_mask, has_sign=True)
@@ -147,12 +148,13 @@ class FineDualEncoder(nn.Module):
     @torch.no_grad()
     def momentum_features(self, image: torch.Tensor, input_ids: torch.Tensor,
                           attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Momentum image/text features: global CLS only (published), mixed with `momentum_local_mix` (O2)."""
+        """Momentum image/text features: global CLS only (published), mixed with `momentum_local_mix` (an
+        ablation)."""
         image_tokens = self.visual_encoder_m(image)
         hidden = self.text_encoder_m.text(input_ids, attention_mask)
         img = self.project_image(image_tokens[:, 0], momentum=True)
         txt = self.project_text(hidden[:, 0], momentum=True)
-        if self.compat.momentum_local_mix:
+        if self.behaviour.momentum_local_mix:
             img = mix(img, self.project_image(attention_pool(image_tokens[:, 1:], self.W_v, self.att_layer_v),
                                               momentum=True), self.cfg.mix.img_local_ratio)
             txt = mix(txt, self.project_text(attention_pool(hidden[:, 1:], self.W_v, self.att_layer_v,
@@ -197,7 +199,7 @@ class FineDualEncoder(nn.Module):
         return loss, sim_i2t, sim_t2i
 
     def aligned_pass(self, batch: dict[str, torch.Tensor], ctx, *, has_sign: bool, id_targets: bool) -> AlignedPass:
-        """Encoders, mixed features, momentum update and features, focal ITC, enqueue (fine-model.md §1.8, §2.1).
+        """Encoders, mixed features, momentum update and features, focal ITC, enqueue.
 
         `id_targets`: positives are every batch/queue column of the same product (needs an `idx_queue`);
         otherwise the published one-hot diagonal with a label-less queue.
@@ -248,7 +250,7 @@ class FineDualEncoder(nn.Module):
         in-batch similarities; returns (positive fused states, loss)."""
         b = hidden.shape[0]
         with torch.no_grad():
-            same = None if self.compat.is_compat("itm_negative_mask") else idx.view(-1, 1) == idx.view(1, -1)
+            same = None if self.behaviour.itm_same_product_negatives else idx.view(-1, 1) == idx.view(1, -1)
             neg_image = sample_hard_negatives(sim_t2i[:, :b], same)  # a negative image for each text
             neg_text = sample_hard_negatives(sim_i2t[:, :b], same)  # a negative text for each image
         fused_pos, logits_pos = self.matching_logits(hidden, mask, image_tokens)

@@ -1,5 +1,5 @@
-"""ASEN++ evaluation: embed query/candidate lines (sharded over ranks, gathered), per-attribute MAP, the
-`--test` table/JSON, and embedding arbitrary images for one attribute."""
+"""ASEN++ evaluator: embed query/candidate lines (sharded over ranks, gathered), per-attribute MAP
+(evaluation.map), the `--test` table/JSON, and embedding arbitrary images for one attribute."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from datasets.asen import AsenImages, AsenLines, AsenSchema, EvalSplit, collate, load_eval_split
 from engine import distributed as du
+from engine.atomic import atomic_write
 from engine.data import build_eval_loader, move_to_device
 from engine.distributed import DistInfo
 from engine.errors import DataError
@@ -19,7 +20,7 @@ from engine.logger import get_logger
 from engine.precision import autocast
 from evaluation.map import MapResult, attribute_map
 from evaluation.report import format_table, write_report
-from models.asen_config import AsenConfig
+from tasks.asen_schema import AsenConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -69,6 +70,7 @@ class AsenEvaluator:
         self.cfg, self.schema, self.info, self.precision = cfg, schema, info, precision
         self.split: EvalSplit = load_eval_split(cfg.DATA, split, schema)
         s = self.split
+        self.name = s.name
         images = AsenImages(s.root, s.images, s.list_path, cfg.INPUT.GLOBAL_SIZE, cfg.INPUT.PIXEL_MEAN,
                             cfg.INPUT.PIXEL_STD, keep_original=cfg.MODEL.LOCAL.ENABLE)
         fids = np.concatenate([s.queries.fid, s.candidates.fid]).tolist()
@@ -96,11 +98,11 @@ class AsenEvaluator:
                 out[f"map/{name.replace(' ', '_')}"] = 100 * value
         return out
 
-    def __call__(self, model: nn.Module, epoch: int) -> dict[str, float]:
+    def __call__(self, model: nn.Module, epoch: int | None = None) -> dict[str, float]:
         metrics = self.metrics(self.compute(model))
         total = getattr(model, "crop_fallbacks", 0)
         if total > self._fallbacks_logged:
-            get_logger().warning("%d local crops (training and evaluation, epoch %d) fell back to the whole image: "
+            get_logger().warning("%d local crops (training and evaluation, epoch %s) fell back to the whole image: "
                                  "constant attention map", total - self._fallbacks_logged, epoch)
             self._fallbacks_logged = total
         return metrics
@@ -159,9 +161,9 @@ def embed_folder(model: nn.Module, folder: str | Path, attribute: str, schema: A
     result = embed_dataset(model, data, cfg, info, precision, with_parts=True)
     out = Path(out)
     if info.is_main:
-        out.parent.mkdir(parents=True, exist_ok=True)
         arrays = {k: v.cpu().numpy() for k, v in result.items()}
-        np.savez(out, paths=np.array(data.paths), attribute=np.array(schema.names[attr]), **arrays)
+        with atomic_write(out, "wb") as f:  # exactly `out` (np.savez on a name would append .npz)
+            np.savez(f, paths=np.array(data.paths), attribute=np.array(schema.names[attr]), **arrays)
         get_logger().info("embedded %d images of %s for attribute %s -> %s (%s)", len(data), folder,
                           schema.names[attr], out, ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items()))
     return out

@@ -1,5 +1,5 @@
-"""The Fashion-FINE-on-BLIP run behind `train_blip.py`: annotation data, the BLIP-variant model of one stage,
-the engine's training loop with held-out (or test) selection, and the final evaluation (fine-model.md §5).
+"""The Fashion-FINE-on-BLIP task behind `train_blip.py`: annotation data, the BLIP-variant model of one stage,
+training with held-out (or test) selection, and the final evaluation.
 
 Evaluation is the published one (full protocol, each query's top `k_test` scores kept, BLIP `r_mean`) and,
 with `eval.protocol: both`, the sampled protocol from the same embeddings, through `evaluation.cmr`.
@@ -8,13 +8,13 @@ with `eval.protocol: both`, the sampled protocol from the same embeddings, throu
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from datasets.fashiongen import load_or_create_heldout_products, remaining_products
 from datasets.fashiongen_blip import (
     BlipCaptions,
     BlipEvalSet,
@@ -22,16 +22,13 @@ from datasets.fashiongen_blip import (
     FashionGenBlipTrainDataset,
     load_blip_tokenizer,
 )
-from engine import distributed as du
+from datasets.heldout import fingerprint_of, load_or_create_heldout
 from engine.logger import get_logger
-from engine.precision import resolve_precision
-from engine.run import start_run
 from evaluation.cmr import CMROptions, CMRResult, evaluate_cmr
-from models.blip_retrieval import FineBlipRetrieval
-from models.checkpoint_keys import load_blip_checkpoint
+from models.fine_blip import FineBlipRetrieval
 from tasks.blip_schema import BlipEvalConfig, BlipRetrievalConfig
-from tasks.cmr_eval import TEST_SELECTION_WARNING, CMREvaluator, report_test
-from tasks.fine_common import check_queue_size, extract, train_select_report
+from tasks.cmr_eval import TEST_SELECTION_WARNING, CMREvaluator
+from tasks.fine_common import FineTask, extract, optimizer_and_schedule
 
 HELDOUT_FILE = "blip_heldout_products.json"
 
@@ -100,21 +97,12 @@ class BlipData:
                   precision: str) -> BlipCMREvaluator:
         return BlipCMREvaluator(eval_set, self.cfg.eval, name=name, batch_size=self.cfg.data.eval_batch_size,
                                 num_workers=self.cfg.runtime.num_workers, device=device, precision=precision,
-                                sets_dir=output_dir / "eval_sets")
+                                output_dir=output_dir)
 
     def test_set(self) -> BlipEvalSet:
         return BlipEvalSet.from_test_annotation(
             self.annotation(self.cfg.data.test_annotation), self.image_root, self.captions,
             image_res=self.cfg.model.vision.image_res, info_data=self.root / "validation" / "info_data.json")
-
-
-def build_model(cfg: BlipRetrievalConfig, tokenizer: Any) -> FineBlipRetrieval:
-    model = FineBlipRetrieval(cfg.model, cfg.loss, cfg.compat, vocab_size=len(tokenizer),
-                              sep_token_id=tokenizer.sep_token_id, enc_token_id=tokenizer.enc_token_id)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    get_logger().info("Fashion-FINE on BLIP, stage %d: %.1fM trainable parameters, vocabulary %d",
-                      cfg.model.stage, trainable / 1e6, len(tokenizer))
-    return model
 
 
 def resolve_schedule(cfg: BlipRetrievalConfig) -> BlipRetrievalConfig:
@@ -139,53 +127,73 @@ def heldout_split(cfg: BlipRetrievalConfig, annotation: BlipTrainAnnotation,
         if cfg.data.select_on == "test":
             get_logger().warning(TEST_SELECTION_WARNING)
         return None, None
-    ids = annotation.image_ids if all(isinstance(i, int) for i in annotation.image_ids) else None
-    heldout = None
-    if du.is_main_process():
-        heldout = load_or_create_heldout_products(output_dir / "eval_sets" / HELDOUT_FILE, annotation.num_products,
-                                                  cfg.data.heldout_products, cfg.data.heldout_seed, ids)
-    heldout = du.broadcast_object(heldout)
-    return remaining_products(annotation.num_products, heldout), heldout
+    ids = annotation.image_ids
+    split = load_or_create_heldout(output_dir / "eval_sets" / HELDOUT_FILE, annotation.num_products,
+                                   kind="blip-train-image-ids", fingerprint=fingerprint_of(ids),
+                                   count=cfg.data.heldout_products, seed=cfg.data.heldout_seed, labels=ids)
+    return split.train, split.heldout
 
 
-def run_blip(args: Any, cfg: BlipRetrievalConfig) -> int:
-    """Train one stage (or with `--evaluate` only evaluate) of Fashion-FINE on BLIP."""
-    output_dir = Path(args.output_dir or cfg.output_dir)
-    info = start_run(cfg.runtime, output_dir, cfg)
-    precision = resolve_precision(cfg.train.precision, info.device)
-    sign_tokens = not cfg.compat.is_compat("blip_sign_token")
-    tokenizer = load_blip_tokenizer(cfg.data.tokenizer, sign_tokens=sign_tokens)
-    data = BlipData(cfg, BlipCaptions(tokenizer, max_words=cfg.data.max_words, max_length=cfg.data.max_length,
-                                      sign_tokens=sign_tokens))
-    model = build_model(cfg, tokenizer)
-    test_eval = data.evaluator(data.test_set(), "test", output_dir, info.device, precision)
-    checkpoint = args.checkpoint or cfg.checkpoint
-    if args.evaluate:
-        if not checkpoint:
-            raise FileNotFoundError("--evaluate needs --checkpoint <weights> (e.g. fashionfine_blip_3modules.pth)")
-        load_blip_checkpoint(model, checkpoint, strict=True)
-        report_test(test_eval, model.to(info.device), output_dir, {"checkpoint": checkpoint})
-        return 0
+class FineBlipTask(FineTask):
+    """One stage of Fashion-FINE-on-BLIP fine-tuning (or, with `--evaluate`, the published evaluation)."""
 
-    check_queue_size(cfg.model.queue_size, cfg.data.batch_size * info.world_size)
-    if checkpoint:
-        load_blip_checkpoint(model, checkpoint)
-    else:
-        get_logger().warning("no --checkpoint given: training from randomly initialised encoders")
-    annotation = BlipTrainAnnotation.load(data.annotation(cfg.data.train_annotation), data.root)
-    if cfg.model.stage == 1:
-        annotation.require_signs()
-    train_products, heldout = heldout_split(cfg, annotation, output_dir)
-    dataset = FashionGenBlipTrainDataset(annotation, data.image_root, data.captions,
-                                         image_res=cfg.model.vision.image_res,
-                                         randaugment_magnitude=cfg.data.randaugment_magnitude,
-                                         records=annotation.records_of(train_products), seed=cfg.runtime.seed)
-    select: BlipCMREvaluator | None = test_eval if cfg.data.select_on == "test" else None
-    if heldout is not None:
-        heldout_set = BlipEvalSet.from_train_products(annotation, heldout, data.image_root, data.captions,
+    name, schema, default_config = "fine_blip", BlipRetrievalConfig, "configs/blip/retrieval_fashionfine_2.yaml"
+    weight_family = "blip"
+    cfg: BlipRetrievalConfig
+
+    @cached_property
+    def sign_tokens(self) -> bool:
+        return not self.cfg.compat.is_compat("blip_sign_token")
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        return load_blip_tokenizer(self.cfg.data.tokenizer, sign_tokens=self.sign_tokens)
+
+    @cached_property
+    def data(self) -> BlipData:
+        cfg = self.cfg
+        return BlipData(cfg, BlipCaptions(self.tokenizer, max_words=cfg.data.max_words,
+                                          max_length=cfg.data.max_length, sign_tokens=self.sign_tokens))
+
+    @cached_property
+    def annotation(self) -> BlipTrainAnnotation:
+        annotation = BlipTrainAnnotation.load(self.data.annotation(self.cfg.data.train_annotation), self.data.root)
+        if self.cfg.model.stage == 1:
+            annotation.require_signs()
+        return annotation
+
+    def build_model(self) -> FineBlipRetrieval:
+        get_logger().info("Fashion-FINE on BLIP, stage %d", self.cfg.model.stage)
+        return self.new_model(FineBlipRetrieval, self.tokenizer, enc_token_id=self.tokenizer.enc_token_id)
+
+    @cached_property
+    def test_evaluator(self) -> BlipCMREvaluator:
+        return self.data.evaluator(self.data.test_set(), "test", self.run.output_dir, self.run.device,
+                                   self.run.precision)
+
+    def final_report(self) -> BlipCMREvaluator:
+        return self.test_evaluator
+
+    def heldout_split(self) -> tuple[list[int] | None, list[int] | None]:
+        return heldout_split(self.cfg, self.annotation, self.run.output_dir)
+
+    def train_set(self, heldout: tuple[list[int] | None, list[int] | None]) -> FashionGenBlipTrainDataset:
+        cfg, data = self.cfg, self.data
+        return FashionGenBlipTrainDataset(self.annotation, data.image_root, data.captions,
+                                          image_res=cfg.model.vision.image_res,
+                                          randaugment_magnitude=cfg.data.randaugment_magnitude,
+                                          records=self.annotation.records_of(heldout[0]), seed=cfg.runtime.seed)
+
+    def selection_evaluator(self, heldout: tuple[list[int] | None, list[int] | None]) -> BlipCMREvaluator | None:
+        cfg, data, run = self.cfg, self.data, self.run
+        if heldout[1] is None:
+            return self.test_evaluator if cfg.data.select_on == "test" else None
+        heldout_set = BlipEvalSet.from_train_products(self.annotation, heldout[1], data.image_root, data.captions,
                                                       image_res=cfg.model.vision.image_res,
                                                       info_data=data.root / "train" / "info_data.json")
-        select = data.evaluator(heldout_set, "heldout", output_dir, info.device, precision)
-    train_select_report(resolve_schedule(cfg), info, output_dir, model, dataset, select, args.resume,
-                        lambda module, extra: report_test(test_eval, module, output_dir, extra))
-    return 0
+        return data.evaluator(heldout_set, "heldout", run.output_dir, run.device, run.precision)
+
+    def optimizer(self, model: nn.Module, iters_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
+        cfg = resolve_schedule(self.cfg)
+        return optimizer_and_schedule(model, cfg.optim, cfg.schedule, cfg.compat,
+                                      cfg.train.schedule_epochs or cfg.train.epochs, iters_per_epoch)

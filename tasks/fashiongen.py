@@ -1,0 +1,83 @@
+"""The FashionGen tasks: Fashion-FINE pretraining (`pretrain.py`) and cross-modal retrieval fine-tuning and
+evaluation (`retrieval.py`). Both select on held-out training products (or the test split) and report one
+evaluation of the selected checkpoint on the test split (`results_test.json`)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from torch import nn
+
+from datasets.fashiongen import FashionGenCMRTrainDataset, FashionGenPretrainDataset, FashionGenSplit
+from datasets.text import load_tokenizer
+from models.fine_pretrain import FinePretrainModel
+from models.fine_retrieval import FineRetrievalModel
+from tasks.cmr_eval import CMREvaluator, selection_evaluator, split_products, test_evaluator
+from tasks.fine_common import FineTask
+from tasks.fine_schema import PretrainConfig, RetrievalConfig
+
+
+class FashionGenTask(FineTask):
+    """What pretraining and retrieval share: tokenizer, splits, evaluators, held-out products."""
+
+    model_cls: type[nn.Module]
+    cfg: PretrainConfig
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.cfg.data.tokenizer)
+
+    @cached_property
+    def test_split(self) -> FashionGenSplit:
+        return FashionGenSplit(self.cfg.data.root, "validation")
+
+    @cached_property
+    def train_split(self) -> FashionGenSplit:  # evaluation alone needs only the test split's files
+        return FashionGenSplit(self.cfg.data.root, "train")
+
+    def build_model(self) -> nn.Module:
+        return self.new_model(self.model_cls, self.tokenizer)
+
+    def final_report(self) -> CMREvaluator:
+        cfg, run = self.cfg, self.run
+        return test_evaluator(cfg.data, cfg.eval, self.tokenizer, cfg.model.vision.image_res, self.test_split,
+                              run.output_dir, cfg.runtime.num_workers, run.device, run.precision)
+
+    def heldout_split(self) -> tuple[list[int] | None, list[int] | None]:
+        """(training products, held-out products); (None = all, None) when selecting on the test split."""
+        return split_products(self.cfg.data, self.train_split, self.run.output_dir)
+
+    def selection_evaluator(self, heldout: tuple[list[int] | None, list[int] | None]) -> CMREvaluator:
+        cfg, run = self.cfg, self.run
+        return selection_evaluator(cfg.data, cfg.eval, self.tokenizer, cfg.model.vision.image_res,
+                                   self.train_split, self.test_split, heldout[1], run.output_dir,
+                                   cfg.runtime.num_workers, run.device, run.precision)
+
+
+class PretrainTask(FashionGenTask):
+    """Five losses (contrastive, matching, symbol, masked-LM, replaced-token) on every training row."""
+
+    name, schema, default_config = "pretrain", PretrainConfig, "configs/pretrain.yaml"
+    model_cls = FinePretrainModel
+
+    def train_set(self, heldout: tuple[list[int] | None, list[int] | None]) -> FashionGenPretrainDataset:
+        cfg = self.cfg
+        return FashionGenPretrainDataset(
+            self.train_split, self.tokenizer, image_res=cfg.model.vision.image_res,
+            randaugment_magnitude=cfg.data.randaugment_magnitude, products=heldout[0], seed=cfg.runtime.seed,
+            max_length=cfg.data.max_words, text_options=cfg.compat.pretrain_text_options(cfg.data.wordnet_path))
+
+
+class RetrievalTask(FashionGenTask):
+    """Contrastive and matching losses, one item per training product (a random row of it each epoch)."""
+
+    name, schema, default_config = "cmr", RetrievalConfig, "configs/retrieval.yaml"
+    model_cls = FineRetrievalModel
+
+    def train_set(self, heldout: tuple[list[int] | None, list[int] | None]) -> FashionGenCMRTrainDataset:
+        cfg = self.cfg
+        return FashionGenCMRTrainDataset(
+            self.train_split, self.tokenizer, image_res=cfg.model.vision.image_res,
+            randaugment_magnitude=cfg.data.randaugment_magnitude, products=heldout[0], seed=cfg.runtime.seed,
+            max_length=cfg.data.max_words, legacy_tokenization=cfg.compat.is_compat("text_layout"))

@@ -1,0 +1,78 @@
+"""The one runner behind every entry point: start the run, then either evaluate (strict load, final report) or
+train (initial weights, held-out split, training with selection, reload of the selected checkpoint, final
+report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.config import config_from_args, config_to_dict
+from engine.logger import get_logger
+from engine.precision import resolve_precision
+from engine.run import start_run
+from engine.trainer import FitResult, Trainer
+from models.weights import load_weights
+from tasks.base import RunContext, RunRequest, Task
+
+
+def main(task_cls: type[Task], argv: list[str] | None, description: str) -> int:
+    """Parse the command line of `task_cls`'s entry point and run it."""
+    args = task_cls.build_parser(description).parse_args(argv)
+    cfg = config_from_args(task_cls.schema, args)
+    return run(task_cls, cfg, task_cls.make_request(args, cfg))
+
+
+def run(task_cls: type[Task], cfg: Any, request: RunRequest) -> int:
+    """Run a task on a validated config."""
+    info = start_run(task_cls.runtime(cfg), request.output_dir, cfg)
+    context = RunContext(info, request.output_dir, resolve_precision(task_cls.train_precision(cfg), info.device))
+    task = task_cls(cfg, context, request)
+    model = task.build_model()
+    if not request.evaluate:
+        task.check_training()
+    final = task.final_report()
+    if request.evaluate:
+        return evaluate(task, model, final, request)
+    train(task, model, final, request)
+    return 0
+
+
+def evaluate(task: Task, model: Any, final: Any, request: RunRequest) -> int:
+    if not request.checkpoint:
+        raise FileNotFoundError("--evaluate needs --checkpoint <weights> (a fine-tuned or released checkpoint)")
+    load_weights(model, request.checkpoint, family=task.weight_family, strict=request.strict)
+    final.report(model.to(task.run.device), {"checkpoint": request.checkpoint})
+    return 0
+
+
+def train(task: Task, model: Any, final: Any, request: RunRequest) -> FitResult:
+    """Train with selection (after `check_training`); then reload the selected checkpoint (best, else last) and
+    report on it."""
+    task.initialise(model, request.checkpoint)
+    heldout = task.heldout_split()
+    dataset = task.train_set(heldout)
+    select = task.selection_evaluator(heldout)
+    loader = task.train_loader(dataset)
+    optimizer, scheduler = task.optimizer(model, len(loader))
+    plan = task.training()
+    run = task.run
+    trainer = Trainer(model, loader, optimizer, scheduler, plan.train, run.info, run.output_dir,
+                      schedule_interval=plan.schedule_interval, loss_weights=plan.loss_weights, evaluate=select,
+                      config_dict=config_to_dict(task.cfg), checkpoint_names=plan.checkpoint_names)
+    if request.resume:
+        trainer.resume(request.resume)
+    result = trainer.fit()
+    if result.interrupted:
+        return result
+    last, best = (Path(run.output_dir) / name for name in plan.checkpoint_names)
+    chosen = best if best.is_file() else last
+    load_weights(trainer.module, chosen, family=task.weight_family, strict=True)
+    name = getattr(select, "name", None)
+    get_logger().info("final evaluation of %s (selected on %s, epoch %s)", chosen, name or "-", result.best_epoch)
+    extra: dict[str, Any] = {"checkpoint": str(chosen), "selected_on": name, "best_epoch": result.best_epoch}
+    warning = getattr(select, "selection_warning", None)
+    if warning:  # selected on the reported split
+        extra["selection_warning"] = warning
+    final.report(trainer.module, extra)
+    return result
