@@ -8,7 +8,6 @@ by name, evaluates, selects `checkpoint_best.pth`, and writes resumable checkpoi
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from engine import distributed as du
 from engine.atomic import torch_save
@@ -27,6 +25,7 @@ from engine.data import TrainLoader, move_to_device
 from engine.distributed import DistInfo
 from engine.logger import JsonlWriter, MetricLogger, get_logger
 from engine.precision import autocast, make_grad_scaler, resolve_precision
+from engine.progress import Progress
 from engine.sections import TrainConfig
 from engine.seeding import capture_rng_state, restore_rng_state
 
@@ -187,9 +186,8 @@ class Trainer:
         while self.epoch < self.cfg.epochs and not (interrupted or stopped_early):
             self.loader.set_epoch(self.epoch, skip_batches=self.iter_in_epoch)
             meters.reset()
-            show = self.dist.is_main and self.cfg.progress_bar
-            bar = tqdm(total=iters, initial=self.iter_in_epoch, desc=f"epoch {self.epoch}", disable=not show,
-                       mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
+            bar = Progress(iters, f"epoch {self.epoch}", self.dist.is_main and self.cfg.progress_bar,
+                           initial=self.iter_in_epoch)
             start = time.perf_counter()
             for batch in self.loader:
                 ctx = StepContext(self.epoch, self.iter_in_epoch, iters, self.global_step)

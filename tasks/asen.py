@@ -120,7 +120,7 @@ class EmbedReport:
     def report(self, model: nn.Module, extra: dict[str, Any]) -> dict[str, float]:
         t = self.task
         embed_folder(model, self.folder, self.attribute, t.schema_of_data, t.cfg, t.run.info, t.run.precision,
-                     self.out)
+                     self.out, progress_bar=t.cfg.LOGGER.PROGRESS_BAR)
         return {}
 
 
@@ -211,7 +211,7 @@ class AsenTask(Task):
         if opts.get("embed"):
             return EmbedReport(self, opts["embed"], opts["attribute"], Path(out or run_dir / "embeddings.npz"))
         evaluator = AsenEvaluator(self.cfg, self.schema_of_data, opts.get("test") or "test", self.run.info,
-                                  self.run.precision)
+                                  self.run.precision, progress_bar=self.cfg.LOGGER.PROGRESS_BAR)
         return MapReport(evaluator, Path(out or run_dir / f"map_{evaluator.split.name}.json"))
 
     def initialise(self, model: nn.Module, checkpoint: str | None) -> None:
@@ -230,7 +230,8 @@ class AsenTask(Task):
                           keep_original=self.cfg.MODEL.LOCAL.ENABLE)
 
     def selection_evaluator(self, heldout: Any) -> AsenEvaluator:
-        return AsenEvaluator(self.cfg, self.schema_of_data, "valid", self.run.info, self.run.precision)
+        return AsenEvaluator(self.cfg, self.schema_of_data, "valid", self.run.info, self.run.precision,
+                             progress_bar=self.cfg.LOGGER.PROGRESS_BAR)
 
     def train_loader(self, dataset: AsenImages) -> TrainLoader:
         cfg, info = self.cfg, self.run.info
@@ -247,5 +248,6 @@ class AsenTask(Task):
         cfg, s = self.cfg, self.cfg.SOLVER
         train = TrainConfig(epochs=s.EPOCHS, precision=self.run.precision, log_every=s.LOG_PERIOD,
                             eval_every=s.EVAL_STEPS, checkpoint_every=cfg.CKPT.EVERY_ITERS,
-                            stop_after_steps=cfg.CKPT.STOP_AFTER_STEPS, select_metric="map")
+                            stop_after_steps=cfg.CKPT.STOP_AFTER_STEPS, select_metric="map",
+                            progress_bar=cfg.LOGGER.PROGRESS_BAR)
         return TrainingPlan(train, loss_weights(cfg, cfg.MODEL.LOCAL.ENABLE), "epoch", CHECKPOINTS)

@@ -18,6 +18,7 @@ from engine.distributed import DistInfo
 from engine.errors import DataError
 from engine.logger import get_logger
 from engine.precision import autocast
+from engine.progress import track
 from evaluation.map import MapResult, attribute_map
 from evaluation.report import format_table, write_report
 from tasks.asen_schema import AsenConfig
@@ -41,8 +42,9 @@ def _unshard(local: torch.Tensor, n: int, world_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def embed_dataset(model: nn.Module, dataset: Any, cfg: AsenConfig, info: DistInfo, precision: str,
-                  with_parts: bool = False) -> dict[str, torch.Tensor]:
-    """Encode every item of `dataset` (this rank's shard), gather all ranks; tensors on this rank's device."""
+                  with_parts: bool = False, *, progress_bar: bool, desc: str = "embedding") -> dict[str, torch.Tensor]:
+    """Encode every item of `dataset` (this rank's shard), gather all ranks; tensors on this rank's device.
+    `progress_bar`: show rank 0's progress (engine.progress)."""
     n = len(dataset)
     positions = _shard(n, info)
     shard = torch.utils.data.Subset(dataset, positions)
@@ -53,7 +55,7 @@ def embed_dataset(model: nn.Module, dataset: Any, cfg: AsenConfig, info: DistInf
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
-    for batch in loader:
+    for batch in track(loader, desc, progress_bar, unit="batch"):
         batch = move_to_device(batch, info.device)
         with autocast(precision, info.device):
             out = model.encode(batch, with_parts=with_parts)
@@ -66,8 +68,10 @@ def embed_dataset(model: nn.Module, dataset: Any, cfg: AsenConfig, info: DistInf
 class AsenEvaluator:
     """MAP on the validation (or test) split; callable as the trainer's `evaluate(module, epoch)`."""
 
-    def __init__(self, cfg: AsenConfig, schema: AsenSchema, split: str, info: DistInfo, precision: str) -> None:
+    def __init__(self, cfg: AsenConfig, schema: AsenSchema, split: str, info: DistInfo, precision: str, *,
+                 progress_bar: bool) -> None:
         self.cfg, self.schema, self.info, self.precision = cfg, schema, info, precision
+        self.progress_bar = progress_bar
         self.split: EvalSplit = load_eval_split(cfg.DATA, split, schema)
         s = self.split
         self.name = s.name
@@ -81,7 +85,8 @@ class AsenEvaluator:
 
     def compute(self, model: nn.Module) -> MapResult:
         """Embed all query and candidate lines and rank them."""
-        emb = embed_dataset(model, self.lines, self.cfg, self.info, self.precision)["fused"]
+        emb = embed_dataset(model, self.lines, self.cfg, self.info, self.precision, progress_bar=self.progress_bar,
+                            desc=f"{self.name} lines")["fused"]
         q, c = self.split.queries, self.split.candidates
         nq = len(q)
         t = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
@@ -154,11 +159,12 @@ class FolderImages(torch.utils.data.Dataset):
 
 
 def embed_folder(model: nn.Module, folder: str | Path, attribute: str, schema: AsenSchema, cfg: AsenConfig,
-                 info: DistInfo, precision: str, out: str | Path) -> Path:
+                 info: DistInfo, precision: str, out: str | Path, *, progress_bar: bool) -> Path:
     """Write `out` (.npz): paths, attribute, fused/global/local embeddings, attention maps, crop boxes."""
     attr = schema.attribute_index(attribute)
     data = FolderImages(folder, attr, cfg)
-    result = embed_dataset(model, data, cfg, info, precision, with_parts=True)
+    result = embed_dataset(model, data, cfg, info, precision, with_parts=True, progress_bar=progress_bar,
+                           desc=f"{Path(folder).name} images")
     out = Path(out)
     if info.is_main:
         arrays = {k: v.cpu().numpy() for k, v in result.items()}

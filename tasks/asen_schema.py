@@ -114,6 +114,9 @@ class SolverConfig:
 class LoggerConfig:
     LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field("INFO", "log level of rank 0")
     STREAM: str = field("stdout", "stdout, or a file that also receives the log lines")
+    PROGRESS_BAR: bool = field(
+        True, "rank 0 progress of training epochs and evaluation embedding: a bar on a terminal, a log line "
+        "every 30 s otherwise")
 
 
 @dataclass

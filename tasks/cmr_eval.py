@@ -36,8 +36,10 @@ class CMREvaluator(SelectionEvaluator):
     reported_split, reported_warning = "test", TEST_SELECTION_WARNING
 
     def __init__(self, eval_set: FashionGenEvalSet, cfg: CMREvalConfig, *, name: str, batch_size: int,
-                 num_workers: int, device: torch.device, precision: str, output_dir: str | Path) -> None:
+                 num_workers: int, device: torch.device, precision: str, output_dir: str | Path,
+                 progress_bar: bool) -> None:
         self.eval_set, self.name, self.device, self.precision = eval_set, name, device, precision
+        self.progress_bar = progress_bar
         self.output_dir = Path(output_dir)
         sampled = cfg.sampled
         if cfg.protocol != "full" and not sampled.neg_len < eval_set.num_products - 1:  # fail before training
@@ -56,9 +58,10 @@ class CMREvaluator(SelectionEvaluator):
     def embed(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """(text embeddings P x D, image embeddings N x D) on the evaluation device."""
         model.eval()
-        image_emb = extract(self.images, lambda b: model.encode_image(b["image"]), self.device, self.precision)
+        image_emb = extract(self.images, lambda b: model.encode_image(b["image"]), self.device, self.precision,
+                            progress_bar=self.progress_bar, desc=f"{self.name} images")
         text_emb = extract(self.texts, lambda b: model.encode_text(b["input_ids"], b["attention_mask"]),
-                           self.device, self.precision)
+                           self.device, self.precision, progress_bar=self.progress_bar, desc=f"{self.name} texts")
         return text_emb, image_emb
 
     def run(self, model: nn.Module) -> CMRResult:
@@ -95,19 +98,19 @@ def split_products(data: FashionGenDataConfig, train: FashionGenSplit,
 def selection_evaluator(data: FashionGenDataConfig, cfg: CMREvalConfig, tokenizer: Any, image_res: int,
                         train: FashionGenSplit, test: FashionGenSplit, heldout: list[int] | None,
                         output_dir: str | Path, num_workers: int, device: torch.device,
-                        precision: str) -> CMREvaluator:
+                        precision: str, progress_bar: bool) -> CMREvaluator:
     """The evaluator that selects checkpoints: held-out train products, or the test split (published)."""
     split, products, name = (train, heldout, "heldout") if heldout is not None else (test, None, "test")
     eval_set = FashionGenEvalSet(split, tokenizer, products=products, image_res=image_res,
                                  max_length=data.max_words)
     return CMREvaluator(eval_set, cfg, name=name, batch_size=data.eval_batch_size, num_workers=num_workers,
-                        device=device, precision=precision, output_dir=output_dir)
+                        device=device, precision=precision, output_dir=output_dir, progress_bar=progress_bar)
 
 
 def test_evaluator(data: FashionGenDataConfig, cfg: CMREvalConfig, tokenizer: Any, image_res: int,
                    test: FashionGenSplit, output_dir: str | Path, num_workers: int, device: torch.device,
-                   precision: str) -> CMREvaluator:
+                   precision: str, progress_bar: bool) -> CMREvaluator:
     """The evaluator over the whole FashionGen validation (= test) split."""
     eval_set = FashionGenEvalSet(test, tokenizer, image_res=image_res, max_length=data.max_words)
     return CMREvaluator(eval_set, cfg, name="test", batch_size=data.eval_batch_size, num_workers=num_workers,
-                        device=device, precision=precision, output_dir=output_dir)
+                        device=device, precision=precision, output_dir=output_dir, progress_bar=progress_bar)

@@ -42,7 +42,8 @@ class FashionGenTask(FineTask):
     def final_report(self) -> CMREvaluator:
         cfg, run = self.cfg, self.run
         return test_evaluator(cfg.data, cfg.eval, self.tokenizer, cfg.model.vision.image_res, self.test_split,
-                              run.output_dir, cfg.runtime.num_workers, run.device, run.precision)
+                              run.output_dir, cfg.runtime.num_workers, run.device, run.precision,
+                              cfg.train.progress_bar)
 
     def heldout_split(self) -> tuple[list[int] | None, list[int] | None]:
         """(training products, held-out products); (None = all, None) when selecting on the test split."""
@@ -52,7 +53,7 @@ class FashionGenTask(FineTask):
         cfg, run = self.cfg, self.run
         return selection_evaluator(cfg.data, cfg.eval, self.tokenizer, cfg.model.vision.image_res,
                                    self.train_split, self.test_split, heldout[1], run.output_dir,
-                                   cfg.runtime.num_workers, run.device, run.precision)
+                                   cfg.runtime.num_workers, run.device, run.precision, cfg.train.progress_bar)
 
 
 class PretrainTask(FashionGenTask):

@@ -47,9 +47,10 @@ class BlipCMREvaluator(CMREvaluator):
     def embed(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
         has_sign = self.eval_set.text_has_sign
-        image_emb = extract(self.images, lambda b: model.encode_image(b["image"]), self.device, self.precision)
+        image_emb = extract(self.images, lambda b: model.encode_image(b["image"]), self.device, self.precision,
+                            progress_bar=self.progress_bar, desc=f"{self.name} images")
         text_emb = extract(self.texts, lambda b: model.encode_text(b["input_ids"], b["attention_mask"], has_sign),
-                           self.device, self.precision)
+                           self.device, self.precision, progress_bar=self.progress_bar, desc=f"{self.name} texts")
         return text_emb, image_emb
 
     def run(self, model: nn.Module) -> CMRResult:
@@ -97,7 +98,7 @@ class BlipData:
                   precision: str) -> BlipCMREvaluator:
         return BlipCMREvaluator(eval_set, self.cfg.eval, name=name, batch_size=self.cfg.data.eval_batch_size,
                                 num_workers=self.cfg.runtime.num_workers, device=device, precision=precision,
-                                output_dir=output_dir)
+                                output_dir=output_dir, progress_bar=self.cfg.train.progress_bar)
 
     def test_set(self) -> BlipEvalSet:
         return BlipEvalSet.from_test_annotation(

@@ -19,6 +19,7 @@ from engine.data import EpochSampler, TrainLoader, move_to_device
 from engine.logger import get_logger
 from engine.optim import build_optimizer, build_scheduler
 from engine.precision import autocast
+from engine.progress import track
 from engine.run import add_run_arguments
 from engine.sections import OptimConfig, RuntimeConfig, ScheduleConfig
 from tasks.base import RunRequest, Task, TrainingPlan
@@ -52,11 +53,12 @@ class SelectionEvaluator:
 
 
 @torch.no_grad()
-def extract(loader: DataLoader, encode: Callable[[dict], torch.Tensor], device: torch.device,
-            precision: str) -> torch.Tensor:
-    """Run `encode` over every batch (under the run's precision) and stack the fp32 results on `device`."""
+def extract(loader: DataLoader, encode: Callable[[dict], torch.Tensor], device: torch.device, precision: str, *,
+            progress_bar: bool, desc: str = "extracting features") -> torch.Tensor:
+    """Run `encode` over every batch (under the run's precision) and stack the fp32 results on `device`;
+    `progress_bar`: show the progress on rank 0 (engine.progress)."""
     parts = []
-    for batch in loader:
+    for batch in track(loader, desc, progress_bar, unit="batch"):
         batch = move_to_device(batch, device)
         with autocast(precision, device):
             parts.append(encode(batch).float())

@@ -49,23 +49,25 @@ class TGIREvaluator(SelectionEvaluator):
 
     def __init__(self, sets: Mapping[str, tuple[TGIRQueryDataset, list[str]]], layout: FashionIQLayout,
                  options: TGIROptions, *, image_res: int, batch_size: int, num_workers: int, device: torch.device,
-                 precision: str, chunk_size: int | None, name: str, output_dir: Path) -> None:
+                 precision: str, chunk_size: int | None, name: str, output_dir: Path, progress_bar: bool) -> None:
         self.sets, self.options, self.name, self.output_dir = dict(sets), options, name, Path(output_dir)
         self.batch_size, self.workers, self.device, self.precision = batch_size, num_workers, device, precision
-        self.chunk_size = chunk_size
+        self.chunk_size, self.progress_bar = chunk_size, progress_bar
         names = sorted({n for _, gallery in self.sets.values() for n in gallery})
         self.gallery = GalleryImageDataset(names, layout, TestTransform(image_res), source=f"{name} gallery")
 
     def run(self, model: nn.Module) -> Any:
         model.eval()
         loader = build_eval_loader(self.gallery, self.batch_size, self.workers)
-        gallery_emb = extract(loader, lambda b: model.encode_image(b["image"]), self.device, self.precision)
+        gallery_emb = extract(loader, lambda b: model.encode_image(b["image"]), self.device, self.precision,
+                              progress_bar=self.progress_bar, desc=f"{self.name} gallery")
         by_name = dict(zip(self.gallery.names, gallery_emb))
         query_sets = {}
         for set_name, (queries, gallery_names) in self.sets.items():
             loader = build_eval_loader(queries, self.batch_size, self.workers)
             query_emb = extract(loader, lambda b: model.encode_query(b["input_ids"], b["attention_mask"],
-                                                                     b["ref_image"]), self.device, self.precision)
+                                                                     b["ref_image"]), self.device, self.precision,
+                                progress_bar=self.progress_bar, desc=f"{self.name} {set_name} queries")
             query_sets[set_name] = QuerySet(query_emb, queries.reference_names, queries.target_names,
                                             gallery_names, by_name)
         return evaluate_tgir(query_sets, self.options, device=self.device, chunk_size=self.chunk_size)
@@ -135,7 +137,7 @@ class TGIRTask(FineTask):
         return TGIREvaluator(sets, self.layout, options, name=name, image_res=cfg.model.vision.image_res,
                              batch_size=cfg.data.eval_batch_size, num_workers=cfg.runtime.num_workers,
                              device=run.device, precision=run.precision, chunk_size=cfg.eval.chunk_size,
-                             output_dir=run.output_dir)
+                             output_dir=run.output_dir, progress_bar=cfg.train.progress_bar)
 
     def build_model(self) -> nn.Module:
         return self.new_model(FineTGIRModel, self.tokenizer)

