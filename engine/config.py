@@ -14,6 +14,8 @@ import argparse
 import copy
 import dataclasses
 import io
+import os
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -211,13 +213,19 @@ def build_config(schema: type[T], tree: Mapping, origins: dict[str, str] | None 
 
 def load_config(schema: type[T], paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> T:
     """Merge YAML files in order (each with its `_base_` chain), apply overrides, validate."""
+    return load_config_with_origins(schema, paths, overrides)[0]
+
+
+def load_config_with_origins(schema: type[T], paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()
+                             ) -> tuple[T, dict[str, str]]:
+    """`load_config` plus where each dotted key was set (a file, or `--set KEY=VALUE`)."""
     origins: dict[str, str] = {}
     tree: dict = {}
     for path in paths:
         tree = _deep_merge(tree, load_yaml_tree(path, origins), {}, "")
     for assignment in overrides:
         tree = apply_override(tree, assignment, origins)
-    return build_config(schema, tree, origins)
+    return build_config(schema, tree, origins), origins
 
 
 def config_to_dict(cfg: Any) -> Any:
@@ -231,28 +239,53 @@ def config_to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def dump_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (what actually ran), atomically."""
+def config_yaml(cfg: Any) -> str:
+    """The resolved config as YAML text (what `dump_config` writes and `--print-config` prints)."""
     yaml = YAML()
     yaml.default_flow_style = False
+    stream = io.StringIO()
+    yaml.dump(config_to_dict(cfg), stream)
+    return stream.getvalue()
+
+
+def dump_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (what actually ran), atomically."""
+    text = config_yaml(cfg)
     with atomic_write(path) as f:
-        yaml.dump(config_to_dict(cfg), f)
+        f.write(text)
 
 
-def describe_schema(schema: type, prefix: str = "") -> list[str]:
-    """`key: type = default` lines for every key of a schema (used by `--help-config`)."""
+def describe_schema(schema: type, prefix: str = "", cfg: Any = None, origins: Mapping[str, str] | None = None
+                    ) -> list[str]:
+    """`key: type = default  # doc` lines for every key of a schema (used by `--help-config`).
+
+    Given a resolved `cfg` (and the `origins` of `load_config_with_origins`), the lines show its values instead,
+    each followed by `(from FILE)`, `(from --set KEY=VALUE)` or `(default)`.
+    """
     lines = []
     hints = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
-        tp = hints[f.name]
+        tp, key = hints[f.name], f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
-            lines.extend(describe_schema(tp, f"{prefix}{f.name}."))
+            lines.extend(describe_schema(tp, key + ".", None if cfg is None else getattr(cfg, f.name), origins))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>")
         doc = f.metadata.get("doc", "")
-        lines.append(f"{prefix}{f.name}: {_type_name(tp)} = {default!r}" + (f"  # {doc}" if doc else ""))
+        if cfg is None:
+            value = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "<required>")
+            where = ""
+        else:
+            value, where = getattr(cfg, f.name), f"  ({value_origin(key, origins or {})})"
+        lines.append(f"{key}: {_type_name(tp)} = {value!r}{where}" + (f"  # {doc}" if doc else ""))
     return lines
+
+
+def value_origin(key: str, origins: Mapping[str, str]) -> str:
+    """`from SOURCE[, SOURCE...]` for a key (a mapping's entries may come from several), or `default`."""
+    sources = [origins[key]] if key in origins else []
+    sources += [src for k, src in origins.items() if k.startswith(key + ".") or k.startswith(key + "[")]
+    sources = list(dict.fromkeys(sources))
+    return f"from {', '.join(sources)}" if sources else "default"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | None, flag: str = "--config",
@@ -268,18 +301,41 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | 
         parser.add_argument("--config", default=default_config, help="YAML config file (may use _base_)")
     parser.add_argument("--set", "--cfg-options", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE", help=f"override config keys, e.g. --set {set_example}")
-    parser.add_argument("--help-config", action="store_true", help="list every config key with its default")
+    parser.add_argument("--help-config", action="store_true",
+                        help="list every config key with the value the given config files and --set resolve to, "
+                             "where it came from, its type and meaning (the defaults without a config file)")
+    parser.add_argument("--print-config", action="store_true",
+                        help=f"print the resolved config as YAML (loadable again with {flag} FILE) and exit")
 
 
 def config_from_args(schema: type[T], args: argparse.Namespace) -> T:
-    """Load the schema from parsed arguments (`--config`/`--cfg` plus overrides)."""
+    """Load the schema from parsed arguments (`--config`/`--cfg` plus overrides); `--help-config` and
+    `--print-config` print it and exit 0."""
+    paths = (args.cfg or []) if hasattr(args, "cfg") else ([args.config] if args.config else [])
     if getattr(args, "help_config", False):
-        print("\n".join(describe_schema(schema)))
-        raise SystemExit(0)
+        if not paths and not args.overrides:
+            lines = ["# no config file given: the schema defaults", *describe_schema(schema)]
+        else:
+            cfg, origins = load_config_with_origins(schema, paths, args.overrides)
+            lines = [f"# resolved from {' + '.join(str(p) for p in paths) or 'the defaults'}"
+                     + (" and --set" if args.overrides else ""), *describe_schema(schema, cfg=cfg, origins=origins)]
+        _print_and_exit("\n".join(lines) + "\n")
     if hasattr(args, "cfg") and not args.cfg:
         raise ConfigError("--cfg: give the YAML config file(s) of the run (see --help)")
-    paths = args.cfg if hasattr(args, "cfg") else ([args.config] if args.config else [])
-    return load_config(schema, paths, args.overrides)
+    cfg = load_config(schema, paths, args.overrides)
+    if getattr(args, "print_config", False):
+        _print_and_exit(config_yaml(cfg))
+    return cfg
+
+
+def _print_and_exit(text: str) -> typing.NoReturn:
+    """Write `text` to stdout and exit 0, quietly when the reader went away (`--help-config | head`)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(0)
 
 
 def field(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) -> Any:

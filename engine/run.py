@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine.config import ConfigError, dump_config
+from engine.config import ConfigError, config_to_dict, dump_config
 from engine.distributed import DistInfo, cleanup, init_distributed
 from engine.errors import DataError
 from engine.logger import get_logger, setup_logging
@@ -48,11 +49,17 @@ def start_run(runtime: RuntimeConfig, output_dir: str | Path, config: object | N
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if info.is_main and config is not None:
-        dump_config(config, output_dir / "config.yaml")
     get_logger().info("rank %d/%d on %s (backend %s); output in %s", info.rank, info.world_size, info.device,
                       info.backend or "none", output_dir)
+    if info.is_main and config is not None:
+        dump_config(config, output_dir / "config.yaml")
+        get_logger().info("resolved config (also in config.yaml): %s", compact_config(config))
     return info
+
+
+def compact_config(config: object) -> str:
+    """The resolved config on one line (JSON) for the log."""
+    return json.dumps(config_to_dict(config), separators=(",", ":"), default=str)
 
 
 def cpu_threads(runtime: RuntimeConfig) -> int:
