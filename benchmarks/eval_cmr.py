@@ -158,7 +158,7 @@ def feature_throughput(args: argparse.Namespace, device: torch.device) -> int:
         torch.backends.cudnn.allow_tf32 = True
     precision = resolve_precision(args.precision, device)
     torch.manual_seed(args.seed)
-    model = FineRetrievalModel(cfg.model, cfg.loss, cfg.compat, vocab_size=vocab_size, sep_token_id=sep_id)
+    model = FineRetrievalModel(cfg.model, cfg.loss, cfg.compat.model_behaviour(), vocab_size=vocab_size, sep_token_id=sep_id)
     model = model.to(device).eval()
     batch = args.batch_size or cfg.data.eval_batch_size
     res, length = cfg.model.vision.image_res, cfg.data.max_words

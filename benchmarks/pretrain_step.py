@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = peak_rss_mib()
 
-    model = FinePretrainModel(cfg.model, cfg.loss, cfg.compat, vocab_size=vocab, sep_token_id=SEP_ID).to(device)
+    model = FinePretrainModel(cfg.model, cfg.loss, cfg.compat.model_behaviour(), vocab_size=vocab, sep_token_id=SEP_ID).to(device)
     model.train()
     optimizer, _ = optimizer_and_schedule(model, cfg.optim, cfg.schedule, cfg.compat, epochs=1,
                                           iters_per_epoch=args.warmup + args.steps + 1)

@@ -39,11 +39,11 @@ def log_lines():
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
     log = get_logger()
-    level = log.level
-    log.addHandler(handler)
+    level, handlers = log.level, log.handlers[:]
+    log.handlers = [handler]  # only ours: earlier tests may leave handlers on streams that are closed now
     log.setLevel(logging.INFO)
     yield lines
-    log.removeHandler(handler)
+    log.handlers = handlers
     log.setLevel(level)
 
 

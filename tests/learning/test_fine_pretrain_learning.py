@@ -65,7 +65,7 @@ def untrained_metrics(root: Path, out: Path) -> tuple[dict[str, float], float, f
                                   sep_token_id=tokenizer.sep_token_id)
         evaluator = cmr_eval.test_evaluator(cfg.data, cfg.eval, tokenizer, cfg.model.vision.image_res,
                                             FashionGenSplit(cfg.data.root, "validation"), out, 0, torch.device("cpu"),
-                                            "fp32")
+                                            "fp32", progress_bar=False)
         metrics = evaluator.run(model).metrics
     finally:
         torch.set_num_threads(threads)
