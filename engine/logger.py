@@ -1,15 +1,14 @@
-"""Run logging: human-readable lines (console + `log.txt`) and a JSON-lines metric log (`log.jsonl`)."""
+"""Run logging: human-readable lines (console + `log.txt`); metric records go to a sink (engine.tracking)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 LOGGER_NAME = "fashionfine"
 
@@ -63,27 +62,18 @@ class SmoothedValue:
         return self.values[-1] if self.values else math.nan
 
 
-class JsonlWriter:
-    """Append one JSON object per line; no-op when `path` is None (non-zero ranks)."""
+class RecordSink(Protocol):
+    """Where metric records go (engine.tracking.Tracker, or its JsonlWriter)."""
 
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path is not None else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=float) + "\n")
+    def write(self, record: dict[str, Any]) -> Any: ...
 
 
 class MetricLogger:
-    """Tracks named scalars during an epoch and writes them as text lines and JSON records."""
+    """Tracks named scalars during an epoch and writes them as text lines and records (to `sink`)."""
 
-    def __init__(self, jsonl: JsonlWriter, window: int = 20) -> None:
+    def __init__(self, sink: RecordSink, window: int = 20) -> None:
         self.meters: dict[str, SmoothedValue] = {}
-        self.jsonl = jsonl
+        self.sink = sink
         self.window = window
         self.start = time.perf_counter()
 
@@ -104,4 +94,4 @@ class MetricLogger:
 
     def log(self, header: str, record: dict[str, Any]) -> None:
         get_logger().info(self.format_line(header))
-        self.jsonl.write(record)
+        self.sink.write(record)

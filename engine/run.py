@@ -17,6 +17,7 @@ from engine.errors import DataError
 from engine.logger import get_logger, setup_logging
 from engine.sections import RuntimeConfig
 from engine.seeding import seed_everything
+from engine.tracking import add_report_to_argument
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None,
                         help="continue exactly from a checkpoint_last.pth written by this framework")
     parser.add_argument("--evaluate", action="store_true", help="evaluate only, no training")
+    add_report_to_argument(parser)
     # torch.distributed.launch without --use_env passes this; the rank is read from the environment.
     parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
                         help=argparse.SUPPRESS)

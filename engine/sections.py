@@ -94,8 +94,13 @@ class TrainConfig:
         None, "epochs the lr schedule spans (null = train.epochs); the loop still stops after train.epochs")
     find_unused_parameters: bool = field(False, "DDP find_unused_parameters")
     progress_bar: bool = field(True, "tqdm progress bar on rank 0")
+    report_to: list[Literal["tensorboard", "wandb"]] = field(
+        [], "also send the log.jsonl scalars to these trackers (tensorboard: OUT/tensorboard/; wandb: offline "
+            "unless WANDB_MODE is set); --report-to overrides")
 
     def validate(self) -> None:
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"train.report_to lists a tracker twice: {self.report_to}")
         if self.epochs < 1:
             raise ValueError("train.epochs must be >= 1")
         if self.log_every < 1:

@@ -2,7 +2,8 @@
 
 A task model's `forward(batch, ctx)` returns a dict of named scalar losses; the trainer weights and sums
 them, runs backward under the configured precision, clips, steps optimizer and schedule, logs every loss
-by name, evaluates, selects `checkpoint_best.pth`, and writes resumable checkpoints.
+by name, evaluates, selects `checkpoint_best.pth`, and writes resumable checkpoints. Every record (train,
+train_epoch, eval) goes to the run's metric sink (engine.tracking: log.jsonl, TensorBoard, W&B).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from engine.atomic import torch_save
 from engine.checkpoint import is_training_checkpoint, load_file, training_state, unwrap
 from engine.data import TrainLoader, move_to_device
 from engine.distributed import DistInfo
-from engine.logger import JsonlWriter, MetricLogger, get_logger
+from engine.logger import MetricLogger, get_logger
 from engine.precision import autocast, make_grad_scaler, resolve_precision
 from engine.progress import Progress
 from engine.sections import TrainConfig
 from engine.seeding import capture_rng_state, restore_rng_state
+from engine.tracking import Tracker
 
 LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
 Evaluator = Callable[[nn.Module, int], dict[str, float]]
@@ -78,6 +80,7 @@ class Trainer:
         evaluate: Evaluator | None = None,
         config_dict: dict | None = None,
         checkpoint_names: tuple[str, str] = (LAST, BEST),
+        tracker: Tracker | None = None,
     ) -> None:
         self.cfg, self.dist, self.output_dir = cfg, dist_info, Path(output_dir)
         self.loader, self.optimizer, self.scheduler = loader, optimizer, scheduler
@@ -92,7 +95,10 @@ class Trainer:
         self.best: dict[str, Any] = {"metric": None, "epoch": None, "bad_evals": 0}
         self.last_metrics: dict[str, float] = {}
         self.log = get_logger()
-        self.jsonl = JsonlWriter(self.output_dir / "log.jsonl" if dist_info.is_main else None)
+        # The caller's tracker (the runner also logs the final evaluation to it), else one of our own.
+        self.owns_tracker = tracker is None
+        self.tracker = tracker or Tracker(self.output_dir, cfg.report_to, enabled=dist_info.is_main,
+                                          config=self.config_dict)
         if cfg.select_metric is None and cfg.patience is not None:
             raise ValueError("train.patience needs train.select_metric")
 
@@ -181,16 +187,18 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train from the current position to `cfg.epochs`; returns the selection summary."""
         iters = len(self.loader)
-        meters = MetricLogger(self.jsonl)
+        meters = MetricLogger(self.tracker)
         interrupted = stopped_early = False
         while self.epoch < self.cfg.epochs and not (interrupted or stopped_early):
             self.loader.set_epoch(self.epoch, skip_batches=self.iter_in_epoch)
             meters.reset()
             bar = Progress(iters, f"epoch {self.epoch}", self.dist.is_main and self.cfg.progress_bar,
                            initial=self.iter_in_epoch)
-            start = time.perf_counter()
+            start = window_start = time.perf_counter()
+            window_samples = 0  # samples of this rank since the last train record
             for batch in self.loader:
                 ctx = StepContext(self.epoch, self.iter_in_epoch, iters, self.global_step)
+                window_samples += batch_size_of(batch, self.loader)
                 logged = self.train_step(batch, ctx)
                 self.iter_in_epoch += 1
                 self.global_step += 1
@@ -198,10 +206,15 @@ class Trainer:
                 meters.update(**logged)
                 bar.update(1)
                 if self.global_step % self.cfg.log_every == 0 or self.iter_in_epoch == iters:
-                    rate = self.iter_in_epoch / max(1e-9, time.perf_counter() - start)
-                    meters.log(f"epoch {self.epoch} [{self.iter_in_epoch}/{iters}] {rate:.2f} it/s",
+                    now = time.perf_counter()
+                    rate = self.iter_in_epoch / max(1e-9, now - start)
+                    # Global throughput: every rank takes an equal share of each step (drop_last sharding).
+                    samples_per_s = window_samples * self.dist.world_size / max(1e-9, now - window_start)
+                    window_start, window_samples = now, 0
+                    meters.log(f"epoch {self.epoch} [{self.iter_in_epoch}/{iters}] {rate:.2f} it/s "
+                               f"{samples_per_s:.1f} samples/s",
                                {"kind": "train", "epoch": self.epoch, "iter": self.iter_in_epoch,
-                                "step": self.global_step, **logged})
+                                "step": self.global_step, **logged, "samples_per_s": samples_per_s})
                 if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
                     self.save(self.last_name)
                 if self.cfg.stop_after_steps is not None and self.global_step >= self.cfg.stop_after_steps:
@@ -216,13 +229,16 @@ class Trainer:
                               self.global_step, self.output_dir / self.last_name)
                 break
             stopped_early = self._end_epoch(meters)
+        self.tracker.flush()
+        if self.owns_tracker:
+            self.tracker.close()
         return FitResult(self.last_metrics, self.best["metric"], self.best["epoch"], self.global_step,
                          interrupted, stopped_early)
 
     def _end_epoch(self, meters: MetricLogger) -> bool:
         """Epoch bookkeeping: schedule tick, evaluation, selection, checkpoints. Returns True to stop early."""
         epoch = self.epoch
-        self.jsonl.write({"kind": "train_epoch", "epoch": epoch, "step": self.global_step, **meters.averages()})
+        self.tracker.write({"kind": "train_epoch", "epoch": epoch, "step": self.global_step, **meters.averages()})
         if self.schedule_interval == "epoch" and self.scheduler is not None:
             self.scheduler.step()
         self.epoch, self.iter_in_epoch = epoch + 1, 0
@@ -236,7 +252,7 @@ class Trainer:
             self.last_metrics = du.broadcast_object({k: float(v) for k, v in metrics.items()})
             self.log.info("epoch %d evaluation: %s", epoch,
                           "  ".join(f"{k} {v:.4f}" for k, v in self.last_metrics.items()))
-            self.jsonl.write({"kind": "eval", "epoch": epoch, "step": self.global_step, **self.last_metrics})
+            self.tracker.write({"kind": "eval", "epoch": epoch, "step": self.global_step, **self.last_metrics})
             is_best, stop = self._select(epoch)
         self.save(self.last_name)
         if is_best:
@@ -263,6 +279,24 @@ class Trainer:
         if stop:
             self.log.info("early stop: %s did not improve for %d evaluations", name, self.best["bad_evals"])
         return False, stop
+
+
+def batch_size_of(batch: Any, loader: Any = None) -> int:
+    """Samples in a batch: the leading dimension of its first tensor (dicts in key order, lists in order), else
+    the loader's `batch_size`, else 1. ASEN++ batches count images (three per triplet)."""
+    rows = _leading_dim(batch)
+    return rows if rows is not None else int(getattr(loader, "batch_size", None) or 1)
+
+
+def _leading_dim(batch: Any) -> int | None:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else None
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        rows = _leading_dim(value)
+        if rows is not None:
+            return rows
+    return None
 
 
 def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

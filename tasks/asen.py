@@ -20,6 +20,7 @@ from engine.data import TrainLoader
 from engine.logger import get_logger
 from engine.optim import build_optimizer, build_scheduler
 from engine.sections import OptimConfig, ParamGroupRule, RuntimeConfig, ScheduleConfig, TrainConfig
+from engine.tracking import add_report_to_argument
 from models.asen import ASENet
 from models.weights import apply_backbone_weights, init_backbones, load_weights, read_checkpoint
 from tasks.asen_eval import AsenEvaluator, embed_folder
@@ -144,6 +145,7 @@ class AsenTask(Task):
                        help="local ImageNet weights: a folder with torchvision's resnet*.pth files, or one file "
                             "per branch")
         p.add_argument("--allow-partial", action="store_true", help="evaluate a checkpoint lacking some weights")
+        add_report_to_argument(p)
         p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, help=argparse.SUPPRESS)
         return p
 
@@ -165,7 +167,7 @@ class AsenTask(Task):
     @classmethod
     def runtime(cls, cfg: AsenConfig) -> RuntimeConfig:
         return RuntimeConfig(device=cfg.DEVICE, dist_backend=cfg.DIST.BACKEND, seed=cfg.SEED,
-                             num_workers=cfg.DATA.NUM_WORKERS)
+                             num_workers=cfg.DATA.NUM_WORKERS, cpu_threads=cfg.CPU_THREADS)
 
     @classmethod
     def train_precision(cls, cfg: AsenConfig) -> str:
@@ -249,5 +251,5 @@ class AsenTask(Task):
         train = TrainConfig(epochs=s.EPOCHS, precision=self.run.precision, log_every=s.LOG_PERIOD,
                             eval_every=s.EVAL_STEPS, checkpoint_every=cfg.CKPT.EVERY_ITERS,
                             stop_after_steps=cfg.CKPT.STOP_AFTER_STEPS, select_metric="map",
-                            progress_bar=cfg.LOGGER.PROGRESS_BAR)
+                            progress_bar=cfg.LOGGER.PROGRESS_BAR, report_to=list(cfg.LOGGER.REPORT_TO))
         return TrainingPlan(train, loss_weights(cfg, cfg.MODEL.LOCAL.ENABLE), "epoch", CHECKPOINTS)

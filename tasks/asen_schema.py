@@ -117,6 +117,9 @@ class LoggerConfig:
     PROGRESS_BAR: bool = field(
         True, "rank 0 progress of training epochs and evaluation embedding: a bar on a terminal, a log line "
         "every 30 s otherwise")
+    REPORT_TO: list[Literal["tensorboard", "wandb"]] = field(
+        [], "also send the log.jsonl scalars to these trackers (tensorboard: SAVE_DIR/NAME/tensorboard/; wandb: "
+            "offline unless WANDB_MODE is set); --report-to overrides")
 
 
 @dataclass
@@ -146,6 +149,8 @@ class AsenConfig:
     NAME: str = field("", "run name (sub-folder of SAVE_DIR)")
     SAVE_DIR: str = field("", "checkpoint root; the run writes to SAVE_DIR/NAME")
     DEVICE: Literal["auto", "cpu", "cuda"] = field("auto", "torch device (published default: cuda)")
+    CPU_THREADS: int | None = field(
+        None, "intra-op threads on CPU; null = cores per process minus data-loader workers (at least 1)")
     MODEL: AsenModelConfig = field(AsenModelConfig, "model")
     INPUT: InputConfig = field(InputConfig, "image transforms and crop")
     DATA: DataConfig = field(DataConfig, "data files and loading")
