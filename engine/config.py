@@ -1,5 +1,6 @@
 """Typed YAML configs: ruamel (YAML 1.2) loading, `_base_` inheritance, several files merged in order,
-`--set key.sub=value` overrides, and validation against dataclass schemas.
+`--set key.sub=value` overrides (and flags that alias a key, `KeyOverride`), and validation against
+dataclass schemas.
 
 A schema is a dataclass whose fields are scalars (int, float, bool, str), `X | None`, `Literal[...]`,
 `list[X]`, `tuple[X, ...]`, `dict[str, X]` or nested schema dataclasses. Every field must have a default;
@@ -85,18 +86,39 @@ def load_yaml_tree(path: str | Path, origins: dict[str, str] | None = None, _sta
     return _deep_merge(merged, data, origins, str(path))
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyOverride:
+    """A config key set by a command-line flag other than `--set` (e.g. a published `--data_root D`)."""
+
+    key: str  # dotted config key, e.g. data.root
+    value: Any  # the value, already typed (str values are not YAML-parsed)
+    source: str  # where it came from, shown by --help-config and in errors, e.g. "--data_root D"
+
+
+# argparse.Namespace attribute with the KeyOverride tuple that flags aliasing config keys fill while parsing;
+# `config_from_args` applies it after the config files and before `--set`.
+FLAG_OVERRIDES = "flag_overrides"
+
+
+def apply_value(tree: dict, key: str, value: Any, origins: dict[str, str], source: str) -> dict:
+    """Set the dotted `key` of a raw config tree to `value`, recording `source` as its origin."""
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"{source}: empty key component in {key!r}")
+    nested: Any = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    return _deep_merge(tree, nested, origins, source)
+
+
 def apply_override(tree: dict, assignment: str, origins: dict[str, str]) -> dict:
     """Apply one `a.b.c=value` override to a raw config tree."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE (e.g. optim.lr=1e-5)")
     key, text = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
+    if not all(key.strip().split(".")):
         raise ConfigError(f"--set {assignment!r}: empty key component")
-    nested: Any = parse_scalar(text)
-    for part in reversed(parts):
-        nested = {part: nested}
-    return _deep_merge(tree, nested, origins, f"--set {assignment}")
+    return apply_value(tree, key, parse_scalar(text), origins, f"--set {assignment}")
 
 
 def _type_name(tp: Any) -> str:
@@ -211,18 +233,22 @@ def build_config(schema: type[T], tree: Mapping, origins: dict[str, str] | None 
     return _build(schema, tree, origins or {})
 
 
-def load_config(schema: type[T], paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> T:
-    """Merge YAML files in order (each with its `_base_` chain), apply overrides, validate."""
-    return load_config_with_origins(schema, paths, overrides)[0]
+def load_config(schema: type[T], paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                key_overrides: Sequence[KeyOverride] = ()) -> T:
+    """Merge YAML files in order (each with its `_base_` chain), apply `key_overrides` then the `--set`
+    overrides, validate."""
+    return load_config_with_origins(schema, paths, overrides, key_overrides)[0]
 
 
-def load_config_with_origins(schema: type[T], paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()
-                             ) -> tuple[T, dict[str, str]]:
-    """`load_config` plus where each dotted key was set (a file, or `--set KEY=VALUE`)."""
+def load_config_with_origins(schema: type[T], paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                             key_overrides: Sequence[KeyOverride] = ()) -> tuple[T, dict[str, str]]:
+    """`load_config` plus where each dotted key was set (a file, a flag, or `--set KEY=VALUE`)."""
     origins: dict[str, str] = {}
     tree: dict = {}
     for path in paths:
         tree = _deep_merge(tree, load_yaml_tree(path, origins), {}, "")
+    for item in key_overrides:
+        tree = apply_value(tree, item.key, item.value, origins, item.source)
     for assignment in overrides:
         tree = apply_override(tree, assignment, origins)
     return build_config(schema, tree, origins), origins
@@ -260,7 +286,7 @@ def describe_schema(schema: type, prefix: str = "", cfg: Any = None, origins: Ma
     """`key: type = default  # doc` lines for every key of a schema (used by `--help-config`).
 
     Given a resolved `cfg` (and the `origins` of `load_config_with_origins`), the lines show its values instead,
-    each followed by `(from FILE)`, `(from --set KEY=VALUE)` or `(default)`.
+    each followed by `(from FILE)`, `(from --set KEY=VALUE)`, `(from --FLAG VALUE)` or `(default)`.
     """
     lines = []
     hints = typing.get_type_hints(schema)
@@ -308,21 +334,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_config: str | 
                         help=f"print the resolved config as YAML (loadable again with {flag} FILE) and exit")
 
 
-def config_from_args(schema: type[T], args: argparse.Namespace) -> T:
-    """Load the schema from parsed arguments (`--config`/`--cfg` plus overrides); `--help-config` and
-    `--print-config` print it and exit 0."""
+def config_from_args(schema: type[T], args: argparse.Namespace, key_overrides: Sequence[KeyOverride] = ()) -> T:
+    """Load the schema from parsed arguments (`--config`/`--cfg`, then the flags that alias config keys, i.e.
+    `args.flag_overrides` and `key_overrides`, then `--set`); `--help-config` and `--print-config` print it and
+    exit 0."""
     paths = (args.cfg or []) if hasattr(args, "cfg") else ([args.config] if args.config else [])
+    flags = [*getattr(args, FLAG_OVERRIDES, ()), *key_overrides]
     if getattr(args, "help_config", False):
-        if not paths and not args.overrides:
+        if not paths and not args.overrides and not flags:
             lines = ["# no config file given: the schema defaults", *describe_schema(schema)]
         else:
-            cfg, origins = load_config_with_origins(schema, paths, args.overrides)
+            cfg, origins = load_config_with_origins(schema, paths, args.overrides, flags)
+            given = [*dict.fromkeys(item.source.split()[0] for item in flags), *(["--set"] if args.overrides else [])]
             lines = [f"# resolved from {' + '.join(str(p) for p in paths) or 'the defaults'}"
-                     + (" and --set" if args.overrides else ""), *describe_schema(schema, cfg=cfg, origins=origins)]
+                     + (f" and {', '.join(given)}" if given else ""), *describe_schema(schema, cfg=cfg, origins=origins)]
         _print_and_exit("\n".join(lines) + "\n")
     if hasattr(args, "cfg") and not args.cfg:
         raise ConfigError("--cfg: give the YAML config file(s) of the run (see --help)")
-    cfg = load_config(schema, paths, args.overrides)
+    cfg = load_config(schema, paths, args.overrides, flags)
     if getattr(args, "print_config", False):
         _print_and_exit(config_yaml(cfg))
     return cfg

@@ -16,6 +16,7 @@ from models.fine_retrieval import FineRetrievalModel
 from tasks.cmr_eval import CMREvaluator, selection_evaluator, split_products, test_evaluator
 from tasks.fine_common import FineTask
 from tasks.fine_schema import PretrainConfig, RetrievalConfig
+from tasks.published_flags import PRETRAIN_FLAGS
 
 
 class FashionGenTask(FineTask):
@@ -23,6 +24,7 @@ class FashionGenTask(FineTask):
 
     model_cls: type[nn.Module]
     cfg: PretrainConfig
+    published_flags = PRETRAIN_FLAGS  # pretrain.py and retrieval.py have the same published argparse
 
     @cached_property
     def tokenizer(self) -> Any:

@@ -29,6 +29,7 @@ from models.fine_blip import FineBlipRetrieval
 from tasks.blip_schema import BlipEvalConfig, BlipRetrievalConfig
 from tasks.cmr_eval import TEST_SELECTION_WARNING, CMREvaluator
 from tasks.fine_common import FineTask, extract, optimizer_and_schedule
+from tasks.published_flags import BLIP_FLAGS
 
 HELDOUT_FILE = "blip_heldout_products.json"
 
@@ -140,6 +141,7 @@ class FineBlipTask(FineTask):
 
     name, schema, default_config = "fine_blip", BlipRetrievalConfig, "configs/blip/retrieval_fashionfine_2.yaml"
     weight_family = "blip"
+    published_flags = BLIP_FLAGS
     cfg: BlipRetrievalConfig
 
     @cached_property

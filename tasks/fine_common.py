@@ -24,6 +24,7 @@ from engine.run import add_run_arguments
 from engine.sections import OptimConfig, RuntimeConfig, ScheduleConfig
 from tasks.base import RunRequest, Task, TrainingPlan
 from tasks.compat import CompatConfig
+from tasks.published_flags import PublishedFlag, add_published_flags
 
 
 class SelectionEvaluator:
@@ -86,6 +87,7 @@ class FineTask(Task):
 
     weight_family = "fine"
     queue_images_per_sample: ClassVar[int] = 1  # TGIR queues reference and target images
+    published_flags: ClassVar[tuple[PublishedFlag, ...]] = ()  # the published script's argparse (aliases etc.)
 
     @classmethod
     def build_parser(cls, description: str) -> argparse.ArgumentParser:
@@ -93,6 +95,7 @@ class FineTask(Task):
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         add_config_arguments(parser, cls.default_config)
         add_run_arguments(parser)
+        add_published_flags(parser, cls.published_flags)
         return parser
 
     @classmethod

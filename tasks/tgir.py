@@ -38,6 +38,7 @@ from evaluation.tgir import (
 from models.fine_tgir import FineTGIRModel
 from tasks.fine_common import FineTask, SelectionEvaluator, extract
 from tasks.fine_schema import TGIRConfig
+from tasks.published_flags import TGIR_FLAGS
 
 VAL_SELECTION_WARNING = "model selection on FashionIQ val, the reported split; numbers are not a clean test estimate"
 
@@ -112,6 +113,7 @@ class TGIRTask(FineTask):
 
     name, schema, default_config = "tgir", TGIRConfig, "configs/tgir.yaml"
     queue_images_per_sample = 2  # the image queue takes targets and references
+    published_flags = TGIR_FLAGS
     cfg: TGIRConfig
 
     @cached_property
