@@ -45,6 +45,8 @@ def start_run(runtime: RuntimeConfig, output_dir: str | Path, config: object | N
     seed_everything(runtime.seed, info.rank)
     if info.device.type == "cpu":
         torch.set_num_threads(cpu_threads(runtime))
+        get_logger().info("CPU: %d intra-op threads, OpenMP wait policy %s", torch.get_num_threads(),
+                          os.environ.get("OMP_WAIT_POLICY", "default (spinning)"))
     if runtime.deterministic:
         torch.use_deterministic_algorithms(True)
     elif info.device.type == "cuda":
