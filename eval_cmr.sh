@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/launch.sh
-CHECKPOINT="${1:-checkpoint_cmr_best_ft.pth}"
-[ $# -gt 0 ] && shift
+CHECKPOINT=checkpoint_cmr_best_ft.pth
+if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
+  CHECKPOINT="$1"
+  shift
+fi
 common_args ""
 NGPU=1 launch retrieval.py --config "${CONFIG:-configs/retrieval.yaml}" --evaluate \
-  --output_dir "${OUTPUT_DIR:-output/FashionFINE_retrieval_eval}" "${LAUNCH_ARGS[@]}" "$@"
+  "${LAUNCH_ARGS[@]}" "$@"

@@ -7,8 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/launch.sh
-CHECKPOINT="${1:-fashionfine_blip_3modules.pth}"
-[ $# -gt 0 ] && shift
+CHECKPOINT=fashionfine_blip_3modules.pth
+if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
+  CHECKPOINT="$1"
+  shift
+fi
 common_args ""
 NGPU=1 launch train_blip.py --config "${CONFIG:-configs/blip/retrieval_fashionfine_eval.yaml}" --evaluate \
-  --output_dir "${OUTPUT_DIR:-output/retrieval_fashionfine_fashiongen_ft_2}" "${LAUNCH_ARGS[@]}" "$@"
+  "${LAUNCH_ARGS[@]}" "$@"

@@ -14,4 +14,4 @@ if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
 fi
 common_args ""
 NGPU=1 launch tgir.py --config "${CONFIG:-configs/tgir.yaml}" --evaluate \
-  --output_dir "${OUTPUT_DIR:-output/FashionFINE_TGIR_eval}" "${LAUNCH_ARGS[@]}" "$@"
+  "${LAUNCH_ARGS[@]}" "$@"

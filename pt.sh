@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/launch.sh
 common_args checkpoint_pretrain/pt_checkpoint.pth
-launch pretrain.py --config "${CONFIG:-configs/pretrain.yaml}" --output_dir "${OUTPUT_DIR:-FashionFINE_pt}" \
+launch pretrain.py --config "${CONFIG:-configs/pretrain.yaml}" \
   "${LAUNCH_ARGS[@]}" "$@"

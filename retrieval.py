@@ -1,7 +1,7 @@
 r"""Fashion-FINE cross-modal retrieval on FashionGen: fine-tuning (`bash retrieval.sh`) and evaluation
 (`bash eval_cmr.sh CHECKPOINT`, i.e. `--evaluate`).
 
-    python retrieval.py --config configs/retrieval.yaml --checkpoint FashionFINE_pt/checkpoint_best.pth \
+    python retrieval.py --config configs/retrieval.yaml --checkpoint output/FashionFINE_pt/checkpoint_best.pth \
         --output_dir output/FashionFINE_retrieval [--set key=value ...] [--resume OUT/checkpoint_last.pth]
     python retrieval.py --config configs/retrieval.yaml --checkpoint checkpoint_cmr_best_ft.pth --evaluate \
         [--set eval.protocol=full|sampled|both]

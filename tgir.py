@@ -1,7 +1,7 @@
 r"""Fashion-FINE text-guided image retrieval on FashionIQ: fine-tuning (`bash tgir.sh`) and evaluation
-(`bash eval_TGIR.sh CHECKPOINT`, i.e. `--evaluate`).
+(`bash eval_tgir.sh CHECKPOINT`, i.e. `--evaluate`).
 
-    python tgir.py --config configs/tgir.yaml --checkpoint FashionFINE_pt/checkpoint_best.pth \
+    python tgir.py --config configs/tgir.yaml --checkpoint output/FashionFINE_pt/checkpoint_best.pth \
         --output_dir output/FashionFINE_tgir [--set key=value ...] [--resume OUT/checkpoint_last.pth]
     python tgir.py --config configs/tgir.yaml --checkpoint checkpoint_tgir_best_ft.pth --evaluate \
         [--set eval.gallery=triplets|split eval.exclude_reference=true]

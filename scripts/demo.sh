@@ -33,7 +33,7 @@ echo "== text-guided image retrieval fine-tuning and evaluation (FashionIQ)"
 DATA_ROOT=$DATA/fashioniq CONFIG=configs/tgir_tiny.yaml OUTPUT_DIR=$OUT/tgir \
   CHECKPOINT=$OUT/pretrain/checkpoint_best.pth bash tgir.sh --set train.progress_bar=false
 DATA_ROOT=$DATA/fashioniq CONFIG=configs/tgir_tiny.yaml OUTPUT_DIR=$OUT/tgir_eval \
-  bash eval_TGIR.sh "$OUT/tgir/checkpoint_best.pth"
+  bash eval_tgir.sh "$OUT/tgir/checkpoint_best.pth"
 
 if [ -z "${SKIP_ASEN:-}" ]; then
   echo "== ASEN++ (attribute-specific similarity)"

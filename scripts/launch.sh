@@ -15,14 +15,15 @@ launch() {
   fi
 }
 
-# Common flags from the environment: CHECKPOINT (empty = none), DATA_ROOT, TOKENIZER (each script passes its
-# own --output_dir "${OUTPUT_DIR:-default}"). Sets the array LAUNCH_ARGS; the config's own values apply where a
-# variable is unset.
+# Common flags from the environment: CHECKPOINT (empty = none), OUTPUT_DIR, DATA_ROOT, TOKENIZER. Sets the array
+# LAUNCH_ARGS; the config's own values apply where a variable is unset (output_dir for training, eval_output_dir
+# for --evaluate), so a script writes where `python <entry point>` with the same config writes.
 common_args() {
   local default_checkpoint="$1"
   LAUNCH_ARGS=()
   local checkpoint="${CHECKPOINT-$default_checkpoint}"
   [ -n "$checkpoint" ] && LAUNCH_ARGS+=(--checkpoint "$checkpoint")
+  [ -n "${OUTPUT_DIR:-}" ] && LAUNCH_ARGS+=(--output_dir "$OUTPUT_DIR")
   [ -n "${DATA_ROOT:-}" ] && LAUNCH_ARGS+=(--set "data.root=$DATA_ROOT")
   [ -n "${TOKENIZER:-}" ] && LAUNCH_ARGS+=(--set "data.tokenizer=$TOKENIZER")
   return 0

@@ -129,6 +129,7 @@ class AsenTask(Task):
     """ASEN++ attribute-specific similarity: stage 1 (global branch) or stage 2 (global + local)."""
 
     name, schema, default_config, weight_family = "asen", AsenConfig, None, "asen"
+    checkpoint_flag = "--resume"
     cfg: AsenConfig
 
     @classmethod

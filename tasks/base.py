@@ -22,6 +22,7 @@ from engine.distributed import DistInfo
 from engine.logger import get_logger
 from engine.sections import RuntimeConfig, TrainConfig
 from engine.trainer import BEST, LAST
+from models.released import check_weights_exist
 from models.weights import init_backbones, load_weights
 
 
@@ -104,6 +105,19 @@ class Task(abc.ABC):
     @classmethod
     def train_precision(cls, cfg: Any) -> str:
         return "auto"
+
+    checkpoint_flag: ClassVar[str] = "--checkpoint"  # the flag that names RunRequest.checkpoint (messages)
+
+    @classmethod
+    def check_inputs(cls, cfg: Any, request: RunRequest) -> None:
+        """The files the run needs, checked before anything is started or built: one line naming a missing
+        file and where it comes from. Tasks add their data files."""
+        if request.evaluate and not request.checkpoint:
+            raise FileNotFoundError(f"evaluation needs the weights to evaluate: pass {cls.checkpoint_flag} <file> "
+                                    "(a checkpoint of a training run, or a released one: README, "
+                                    "'Released checkpoints')")
+        check_weights_exist(request.checkpoint, cls.checkpoint_flag)
+        check_weights_exist(request.resume, "--resume")
 
     # ----------------------------------------------------------- pieces
     @abc.abstractmethod

@@ -60,6 +60,9 @@ class BlipRetrievalConfig:
     """`train_blip.py`: one stage of Fashion-FINE-on-BLIP fine-tuning, or `--evaluate`."""
 
     output_dir: str = field("output/retrieval_fashionfine_fashiongen_ft_2", "logs, checkpoints, results")
+    eval_output_dir: str | None = field(
+        None, "folder of an --evaluate run (results, log); null = output_dir + '_eval', so an evaluation never "
+              "writes into a training run's folder")
     checkpoint: str | None = field(None, "initial weights: BLIP model_base.pth (stage 1), a stage-1 checkpoint "
                                          "(stage 2), or a Fashion-FINE-on-BLIP model (--evaluate, strict)")
     model: BlipModelConfig = field(BlipModelConfig)

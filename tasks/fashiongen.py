@@ -10,9 +10,11 @@ from typing import Any
 from torch import nn
 
 from datasets.fashiongen import FashionGenCMRTrainDataset, FashionGenPretrainDataset, FashionGenSplit
+from datasets.fashiongen_h5 import h5_path
 from datasets.text import load_tokenizer
 from models.fine_pretrain import FinePretrainModel
 from models.fine_retrieval import FineRetrievalModel
+from tasks.base import RunRequest
 from tasks.cmr_eval import CMREvaluator, selection_evaluator, split_products, test_evaluator
 from tasks.fine_common import FineTask
 from tasks.fine_schema import PretrainConfig, RetrievalConfig
@@ -25,6 +27,13 @@ class FashionGenTask(FineTask):
     model_cls: type[nn.Module]
     cfg: PretrainConfig
     published_flags = PRETRAIN_FLAGS  # pretrain.py and retrieval.py have the same published argparse
+
+    @classmethod
+    def check_inputs(cls, cfg: Any, request: RunRequest) -> None:
+        """Weights, tokenizer and the FashionGen files of the splits the run reads."""
+        super().check_inputs(cfg, request)
+        for split in ("validation",) if request.evaluate else ("train", "validation"):
+            h5_path(cfg.data.root, split)
 
     @cached_property
     def tokenizer(self) -> Any:

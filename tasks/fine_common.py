@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from datasets.text import BUILD_VOCAB_HINT, VOCAB_FILENAME
 from engine import distributed as du
 from engine.config import ConfigError, add_config_arguments
 from engine.data import EpochSampler, TrainLoader, move_to_device
@@ -81,6 +82,16 @@ def optimizer_and_schedule(model: nn.Module, optim: OptimConfig, schedule: Sched
     return optimizer, build_scheduler(optimizer, schedule, optim.lr, epochs, iters_per_epoch)
 
 
+def output_folder(cfg: Any, flag: str | None, evaluate: bool) -> Path:
+    """The run's folder, the same however the task is started: --output_dir, else the config's output_dir
+    (training) or eval_output_dir (evaluation; null = output_dir + '_eval')."""
+    if flag:
+        return Path(flag)
+    if evaluate:
+        return Path(cfg.eval_output_dir or f"{cfg.output_dir.rstrip('/')}_eval")
+    return Path(cfg.output_dir)
+
+
 class FineTask(Task):
     """Base of the Fashion-FINE tasks: the published command line (`--config`, `--checkpoint`,
     `--output_dir`, `--resume`, `--evaluate`), the epoch-seeded loader, AdamW and the queue check."""
@@ -100,12 +111,20 @@ class FineTask(Task):
 
     @classmethod
     def make_request(cls, args: argparse.Namespace, cfg: Any) -> RunRequest:
-        return RunRequest(Path(args.output_dir or cfg.output_dir), evaluate=args.evaluate,
+        return RunRequest(output_folder(cfg, args.output_dir, args.evaluate), evaluate=args.evaluate,
                           checkpoint=args.checkpoint or cfg.checkpoint, resume=args.resume)
 
     @classmethod
     def runtime(cls, cfg: Any) -> RuntimeConfig:
         return cfg.runtime
+
+    @classmethod
+    def check_inputs(cls, cfg: Any, request: RunRequest) -> None:
+        """The weights (base class) and the tokenizer vocabulary, before anything is built."""
+        super().check_inputs(cfg, request)
+        vocab = Path(cfg.data.tokenizer) / VOCAB_FILENAME
+        if not vocab.is_file():
+            raise FileNotFoundError(f"tokenizer vocabulary not found: {vocab} (data.tokenizer); {BUILD_VOCAB_HINT}")
 
     @classmethod
     def train_precision(cls, cfg: Any) -> str:

@@ -62,6 +62,9 @@ class PretrainConfig:
     """`pretrain.py`: Fashion-FINE pretraining on FashionGen."""
 
     output_dir: str = field("output/FashionFINE_pt", "logs, checkpoints, results")
+    eval_output_dir: str | None = field(
+        None, "folder of an --evaluate run (results, log); null = output_dir + '_eval', so an evaluation never "
+              "writes into a training run's folder")
     checkpoint: str | None = field(None, "initial weights (ALBEF / FashionSAP / Fashion-FINE file)")
     model: FineModelConfig = field(FineModelConfig)
     loss: LossConfig = field(LossConfig)
@@ -119,6 +122,9 @@ class TGIRConfig:
     """`tgir.py`: text-guided image retrieval fine-tuning and evaluation on FashionIQ."""
 
     output_dir: str = field("output/FashionFINE_tgir", "logs, checkpoints, results")
+    eval_output_dir: str | None = field(
+        None, "folder of an --evaluate run (results, log); null = output_dir + '_eval', so an evaluation never "
+              "writes into a training run's folder")
     checkpoint: str | None = field(None, "initial weights (a Fashion-FINE pretraining checkpoint)")
     model: FineModelConfig = field(FineModelConfig)
     loss: LossConfig = field(LossConfig)

@@ -30,6 +30,7 @@ def main(task_cls: type[Task], argv: list[str] | None, description: str) -> int:
 
 def run(task_cls: type[Task], cfg: Any, request: RunRequest) -> int:
     """Run a task on a validated config."""
+    task_cls.check_inputs(cfg, request)
     info = start_run(task_cls.runtime(cfg), request.output_dir, cfg)
     context = RunContext(info, request.output_dir, resolve_precision(task_cls.train_precision(cfg), info.device))
     task = task_cls(cfg, context, request)
@@ -69,8 +70,6 @@ def log_final(tracker: Tracker, metrics: dict[str, float] | None, checkpoint: An
 
 
 def evaluate(task: Task, model: Any, final: Any, request: RunRequest, tracker: Tracker) -> int:
-    if not request.checkpoint:
-        raise FileNotFoundError("--evaluate needs --checkpoint <weights> (a fine-tuned or released checkpoint)")
     load_weights(model, request.checkpoint, family=task.weight_family, strict=request.strict)
     metrics = final.report(model.to(task.run.device), {"checkpoint": request.checkpoint})
     log_final(tracker, metrics, request.checkpoint, step=0)

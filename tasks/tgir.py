@@ -36,6 +36,7 @@ from evaluation.tgir import (
     write_tgir_report,
 )
 from models.fine_tgir import FineTGIRModel
+from tasks.base import RunRequest
 from tasks.fine_common import FineTask, SelectionEvaluator, extract
 from tasks.fine_schema import TGIRConfig
 from tasks.published_flags import TGIR_FLAGS
@@ -115,6 +116,12 @@ class TGIRTask(FineTask):
     queue_images_per_sample = 2  # the image queue takes targets and references
     published_flags = TGIR_FLAGS
     cfg: TGIRConfig
+
+    @classmethod
+    def check_inputs(cls, cfg: TGIRConfig, request: RunRequest) -> None:
+        """Weights, tokenizer and the FashionIQ folders, before anything is built."""
+        super().check_inputs(cfg, request)
+        FashionIQLayout.open(cfg.data.root, cfg.data.image_dir, cfg.data.image_ext)
 
     @cached_property
     def layout(self) -> FashionIQLayout:

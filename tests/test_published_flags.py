@@ -32,18 +32,19 @@ _ALBEF = [*_FINE, "--text_patch_ratio", "--img_patch_ratio", "--alpha_focal", "-
 PUBLISHED = {"pretrain.py": _ALBEF, "retrieval.py": _ALBEF, "tgir.py": [*_FINE, "--train_class"],
              "train_blip.py": [*_LAUNCH, "--seed"]}
 
-# The published launch lines (paths as in this repository) and the launch script each corresponds to.
+# The published launch lines and the launch script each corresponds to. Paths as in this repository: pretraining
+# writes to output/FashionFINE_pt (the published pt.sh used ./FashionFINE_pt) and fine-tuning starts from there.
 PUBLISHED_LINES = {
     "pt.sh": ("pretrain.py --data_root DATA --pre_point checkpoint_pretrain/pt_checkpoint.pth --output_dir "
-              "FashionFINE_pt --text_patch_ratio 0.25 --img_patch_ratio 0.05 --alpha_focal 0.25 --gamma_focal 2.0 "
+              "output/FashionFINE_pt --text_patch_ratio 0.25 --img_patch_ratio 0.05 --alpha_focal 0.25 --gamma_focal 2.0 "
               "--config configs/pretrain.yaml", []),
-    "retrieval.sh": ("retrieval.py --data_root DATA --pre_point FashionFINE_pt/checkpoint_best.pth --output_dir "
+    "retrieval.sh": ("retrieval.py --data_root DATA --pre_point output/FashionFINE_pt/checkpoint_best.pth --output_dir "
                      "output/FashionFINE_retrieval --text_patch_ratio 0.25 --img_patch_ratio 0.05 --alpha_focal 0.25 "
                      "--gamma_focal 2.0 --config configs/retrieval.yaml", []),
     "eval_cmr.sh": ("retrieval.py --data_root DATA --pre_point checkpoint_cmr_best_ft.pth --output_dir "
                     "output/FashionFINE_retrieval_eval --text_patch_ratio 0.25 --img_patch_ratio 0.05 --alpha_focal "
                     "0.25 --gamma_focal 2.0 --config configs/retrieval.yaml --evaluate", []),
-    "tgir.sh": ("tgir.py --output_dir output/FashionFINE_tgir --pre_point FashionFINE_pt/checkpoint_best.pth "
+    "tgir.sh": ("tgir.py --output_dir output/FashionFINE_tgir --pre_point output/FashionFINE_pt/checkpoint_best.pth "
                 "--data_root DATA --config configs/tgir.yaml", []),
     "eval_tgir.sh": ("tgir.py --data_root DATA --pre_point checkpoint_tgir_best_ft.pth --output_dir "
                      "output/FashionFINE_TGIR_eval --evaluate", []),
@@ -253,3 +254,16 @@ def test_help_config_shows_the_flag_as_origin():
     assert "data.root: str = 'DATA'  (from --data_root DATA)" in out.stdout
     assert "model.mix.txt_local_ratio: float = 0.3  (from --text_patch_ratio 0.3)" in out.stdout
     assert out.stderr.startswith("warning: --world_size 2: ignored")
+
+
+@pytest.mark.parametrize("script", sorted(PUBLISHED_LINES))
+def test_script_and_entry_point_use_the_same_folder(tmp_path, script):
+    """Without OUTPUT_DIR / --output_dir a launch script and `python <entry point> --config C` write to the same
+    folder: the config's output_dir (training) or eval_output_dir (evaluation)."""
+    (ours,) = script_args(tmp_path, script, {})
+    assert "--output_dir" not in ours
+    config = ours[ours.index("--config") + 1]
+    plain = [ours[0], "--config", config] + (["--evaluate"] if "--evaluate" in ours else [])
+    assert resolve(ours)["output_dir"] == resolve(plain)["output_dir"]
+    published_folder = PUBLISHED_LINES[script][0].split("--output_dir ")[1].split()[0]
+    assert resolve(ours)["output_dir"] == published_folder
