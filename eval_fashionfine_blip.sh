@@ -3,11 +3,11 @@
 # full protocol (each query's top k_test=256 scores kept) and the sampled protocol, table + results_test.json.
 #   bash eval_fashionfine_blip.sh [CHECKPOINT] [--set eval.protocol=full|sampled|both ...]
 # CHECKPOINT defaults to the released fashionfine_blip_3modules.pth.
-# Environment: CONFIG (default configs/blip/retrieval_fashionfine_eval.yaml), OUTPUT_DIR, DATA_ROOT, TOKENIZER.
+# Environment: CHECKPOINT (when no argument is given), CONFIG (default configs/blip/retrieval_fashionfine_eval.yaml), OUTPUT_DIR, DATA_ROOT, TOKENIZER.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/launch.sh
-CHECKPOINT=fashionfine_blip_3modules.pth
+CHECKPOINT="${CHECKPOINT:-fashionfine_blip_3modules.pth}"
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
   CHECKPOINT="$1"
   shift

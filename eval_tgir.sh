@@ -3,11 +3,11 @@
 #   bash eval_tgir.sh [CHECKPOINT] [--set eval.gallery=triplets|split eval.exclude_reference=true ...]
 # (eval_TGIR.sh runs this script.) A first argument starting with "-" is passed on (e.g. --help), and
 # CHECKPOINT keeps its default.
-# Environment: CONFIG, OUTPUT_DIR, DATA_ROOT, TOKENIZER.
+# Environment: CHECKPOINT (when no argument is given), CONFIG, OUTPUT_DIR, DATA_ROOT, TOKENIZER.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/launch.sh
-CHECKPOINT=checkpoint_tgir_best_ft.pth
+CHECKPOINT="${CHECKPOINT:-checkpoint_tgir_best_ft.pth}"
 if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
   CHECKPOINT="$1"
   shift

@@ -8,5 +8,8 @@ both policies are equally fast (benchmarks/README.md, "CPU training on a busy ma
 """
 
 import os
+import sys
 
+# torch already loaded (a notebook, pytest, a user's script): its OpenMP runtime has read the policy already.
+POLICY_IN_EFFECT = "torch" not in sys.modules or "OMP_WAIT_POLICY" in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

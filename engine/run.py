@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+import engine
 from engine.config import ConfigError, config_to_dict, dump_config
 from engine.distributed import DistInfo, cleanup, init_distributed
 from engine.errors import DataError
@@ -45,8 +46,10 @@ def start_run(runtime: RuntimeConfig, output_dir: str | Path, config: object | N
     seed_everything(runtime.seed, info.rank)
     if info.device.type == "cpu":
         torch.set_num_threads(cpu_threads(runtime))
-        get_logger().info("CPU: %d intra-op threads, OpenMP wait policy %s", torch.get_num_threads(),
-                          os.environ.get("OMP_WAIT_POLICY", "default (spinning)"))
+        policy = os.environ.get("OMP_WAIT_POLICY", "default (spinning)")
+        if not engine.POLICY_IN_EFFECT:
+            policy = "default (spinning; torch was imported before engine, see engine/__init__.py)"
+        get_logger().info("CPU: %d intra-op threads, OpenMP wait policy %s", torch.get_num_threads(), policy)
     if runtime.deterministic:
         torch.use_deterministic_algorithms(True)
     elif info.device.type == "cuda":

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from engine.atomic import write_text
 from engine.config import ConfigError
 
 BACKENDS = ("tensorboard", "wandb")
@@ -111,6 +112,22 @@ class Tracker:
         if self.wandb is not None and scalars:
             self.wandb.log({k: v for k, v in scalars.items() if math.isfinite(v)}, step=step)
         return record
+
+    def resume_at(self, step: int) -> None:
+        """A run resumed from a checkpoint of global step `step`: the records logged after it (by the interrupted
+        process, before it died) are dropped from log.jsonl and TensorBoard, so every step is logged once."""
+        if not self.enabled:
+            return
+        path = self.jsonl.path
+        if path is not None and path.is_file():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and int(json.loads(line).get("step", 0)) <= step]
+            write_text(path, "".join(f"{line}\n" for line in kept))
+        if self.tensorboard is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard.close()
+            self.tensorboard = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=step + 1)
 
     def flush(self) -> None:
         if self.tensorboard is not None:

@@ -146,6 +146,7 @@ class Trainer:
         self.epoch, self.iter_in_epoch, self.global_step = obj["epoch"], obj["iter_in_epoch"], obj["global_step"]
         self.best = dict(obj["best"]) or self.best
         restore_rng_state(obj["rng"])
+        self.tracker.resume_at(self.global_step)
         changed = _diff_keys(obj.get("config", {}), self.config_dict)
         if changed:
             self.log.warning("resuming with a changed config: %s", ", ".join(changed[:20]))
@@ -195,6 +196,7 @@ class Trainer:
             bar = Progress(iters, f"epoch {self.epoch}", self.dist.is_main and self.cfg.progress_bar,
                            initial=self.iter_in_epoch)
             start = window_start = time.perf_counter()
+            first_iter = self.iter_in_epoch  # after a mid-epoch resume the rate counts only the steps run here
             window_samples = 0  # samples of this rank since the last train record
             for batch in self.loader:
                 ctx = StepContext(self.epoch, self.iter_in_epoch, iters, self.global_step)
@@ -207,7 +209,7 @@ class Trainer:
                 bar.update(1)
                 if self.global_step % self.cfg.log_every == 0 or self.iter_in_epoch == iters:
                     now = time.perf_counter()
-                    rate = self.iter_in_epoch / max(1e-9, now - start)
+                    rate = (self.iter_in_epoch - first_iter) / max(1e-9, now - start)
                     # Global throughput: every rank takes an equal share of each step (drop_last sharding).
                     samples_per_s = window_samples * self.dist.world_size / max(1e-9, now - window_start)
                     window_start, window_samples = now, 0

@@ -21,8 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.tracking import META_KEYS  # noqa: E402  (record keys that are positions, not quantities)
+
 PANEL_KINDS = ("train", "eval")  # record kinds drawn as curves; `final` values mark the eval panels
-META_KEYS = frozenset({"kind", "time", "epoch", "iter", "step"})
 LOG_NAME, DEFAULT_PNG = "log.jsonl", "curves.png"
 
 

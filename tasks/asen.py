@@ -22,6 +22,7 @@ from engine.optim import build_optimizer, build_scheduler
 from engine.sections import OptimConfig, ParamGroupRule, RuntimeConfig, ScheduleConfig, TrainConfig
 from engine.tracking import add_report_to_argument
 from models.asen import ASENet
+from models.released import check_weights_exist
 from models.weights import apply_backbone_weights, init_backbones, load_weights, read_checkpoint
 from tasks.asen_eval import AsenEvaluator, embed_folder
 from tasks.asen_schema import AsenConfig
@@ -162,6 +163,7 @@ class AsenTask(Task):
                 raise FileNotFoundError("--test/--embed need the checkpoint to evaluate: pass --resume <checkpoint>")
             return RunRequest(Path(cfg.run_dir), evaluate=True, checkpoint=weights, strict=not args.allow_partial,
                               options=options)
+        check_weights_exist(weights, "--resume")  # same_stage reads it
         exact = weights if weights and same_stage(weights, cfg) else None
         return RunRequest(Path(cfg.run_dir), checkpoint=None if exact else weights, resume=exact, options=options)
 

@@ -57,9 +57,11 @@ class PublishedFlag:
         source = self.flag if value is None else f"{self.flag} {value}"
         if self.key is not None:
             return KeyOverride(self.key, parse_scalar(value) if self.parse else value, source)
-        if self.dir_key is not None and value and Path(value).is_dir():
+        honoured = self.honoured is not None and value in self.honoured
+        # The published default (a hub name) stays a no-op even where a folder of that name exists.
+        if not honoured and self.dir_key is not None and value and Path(value).is_dir():
             return KeyOverride(self.dir_key, value, source)
-        if self.honoured is not None and value not in self.honoured:
+        if self.honoured is not None and not honoured:
             raise ConfigError(f"{source}: {self.rejected}")
         if self.warn and self.note:
             warn(f"{source}: {self.note}")

@@ -12,7 +12,7 @@ from engine.config import config_from_args, config_to_dict
 from engine.logger import get_logger
 from engine.precision import resolve_precision
 from engine.run import start_run
-from engine.tracking import Tracker
+from engine.tracking import Tracker, check_report_to
 from engine.trainer import FitResult, Trainer
 from models.weights import load_weights
 from tasks.base import RunContext, RunRequest, Task
@@ -31,6 +31,7 @@ def main(task_cls: type[Task], argv: list[str] | None, description: str) -> int:
 def run(task_cls: type[Task], cfg: Any, request: RunRequest) -> int:
     """Run a task on a validated config."""
     task_cls.check_inputs(cfg, request)
+    check_report_to(request.options.get("report_to") or ())  # a missing tracker package: before anything starts
     info = start_run(task_cls.runtime(cfg), request.output_dir, cfg)
     context = RunContext(info, request.output_dir, resolve_precision(task_cls.train_precision(cfg), info.device))
     task = task_cls(cfg, context, request)

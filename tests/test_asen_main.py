@@ -145,7 +145,7 @@ def test_bad_input_is_one_line_with_exit_status_2(data, tmp_path):
     assert f"error: {bad / 'label_train.txt'}:5: value index 7 out of range [0, 3) for attribute 1" in corrupt.stderr
 
     nockpt = cli(*tiny_args(data, 2, tmp_path), "--resume", str(tmp_path / "none.pth.tar"), "--test", "TEST")
-    assert nockpt.returncode == 2 and "weight file not found" in nockpt.stderr
+    assert nockpt.returncode == 2 and "--resume file not found" in nockpt.stderr and "none.pth.tar" in nockpt.stderr
 
 
 def test_config_errors_name_the_key(data, tmp_path):

@@ -262,7 +262,9 @@ def test_empty_split_or_heldout_is_an_error_not_a_recall_of_zero(synthetic_root,
     name = "fashiongen_256_256_validation.h5"
     write_empty_h5(synthetic_root / "fashiongen" / name, broken_root / name)
     replace(broken_root / "validation" / "productid_list.json", "[]")
-    for flags in ((), ("--evaluate", "--checkpoint", "unused.pth")):
+    unused = tmp_path / "unused.pth"  # exists (checked before the run starts), never read: the data fails first
+    unused.write_bytes(b"")
+    for flags in ((), ("--evaluate", "--checkpoint", str(unused))):
         with pytest.raises(DataError, match="no rows") as info:
             run(synthetic_root, tmp_path / "empty", *flags, data_root=broken_root)
         assert name in str(info.value)
@@ -353,7 +355,7 @@ def test_evaluate_one_protocol_and_needs_a_checkpoint(synthetic_root, heldout_ru
     assert "sampled" not in report["options"]
     expected = load_report(trained / "results_test.json")["metrics"]
     assert report["metrics"] == {k: expected[k] for k in FULL_KEYS}
-    with pytest.raises(FileNotFoundError, match="--evaluate needs --checkpoint"):
+    with pytest.raises(FileNotFoundError, match="evaluation needs the weights to evaluate: pass --checkpoint"):
         run(synthetic_root, tmp_path / "none", "--evaluate")
 
 

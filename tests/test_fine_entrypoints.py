@@ -57,7 +57,7 @@ def data_args(root: Path, data: Path | None = None, tokenizer: Path | None = Non
 def test_unknown_key_names_it_and_lists_the_valid_keys(tmp_path):
     line = one_error_line(run_pretrain(tmp_path, "--config", "configs/pretrain.yaml", "--set", "bad_key=1"))
     assert "unknown key 'bad_key'" in line
-    assert "valid keys in top level: checkpoint, compat, data, eval, loss, model, optim" in line
+    assert "valid keys in top level: checkpoint, compat, data, eval, eval_output_dir, loss, model, optim" in line
 
 
 def test_missing_data_root_names_the_file_and_the_command(synthetic_root, tmp_path):
@@ -90,7 +90,7 @@ def test_missing_vocabulary_names_vocab_txt_and_build_vocab(synthetic_root, tmp_
 
 def test_evaluate_without_checkpoint(synthetic_root, tmp_path, capsys, monkeypatch):
     line = in_process_error(tmp_path, capsys, monkeypatch, *data_args(synthetic_root), "--evaluate")
-    assert "--evaluate needs --checkpoint" in line
+    assert "evaluation needs the weights to evaluate: pass --checkpoint" in line
 
 
 @pytest.mark.parametrize("queue,batch", [(40, 16), (8, 16)])

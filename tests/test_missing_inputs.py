@@ -73,6 +73,7 @@ def test_asen_missing_resume_names_the_flag(tmp_path):
                         "--resume", str(tmp_path / "synthetic_s1" / "model_best.pth.tar"), "--test", "TEST"])
 
 
+@pytest.mark.skipif((ROOT / "checkpoint_cmr_best_ft.pth").exists(), reason="the released checkpoint is present")
 def test_entry_point_exits_2_with_one_line(tmp_path):
     proc = subprocess.run(["bash", "eval_cmr.sh", "--set", f"data.root={tmp_path}", f"data.tokenizer={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120,

@@ -289,12 +289,20 @@ def test_missing_caption_files_name_themselves_and_the_command(synthetic_root, b
     category = broken_root / "captions" / "cap.shirt.val.json"
     category.unlink()
     with pytest.raises(FileNotFoundError) as info:  # evaluation alone reads the val files
-        run(synthetic_root, tmp_path / "b", "--evaluate", "--checkpoint", "unused.pth", data_root=broken_root)
+        run(synthetic_root, tmp_path / "b", "--evaluate", "--checkpoint", str(unused_weights(tmp_path)),
+            data_root=broken_root)
     assert str(category) in str(info.value) and "python -m datasets.synthetic fashioniq" in str(info.value)
 
 
+def unused_weights(folder: Path) -> Path:
+    """A weights file that exists (checked before the run starts) but is never read: the data fails first."""
+    path = folder / "unused.pth"
+    path.write_bytes(b"")
+    return path
+
+
 def test_broken_caption_split_or_image_files_are_named(synthetic_root, broken_root, tmp_path):
-    evaluate = ("--evaluate", "--checkpoint", "unused.pth")
+    evaluate = ("--evaluate", "--checkpoint", str(unused_weights(tmp_path)))
     captions = broken_root / "captions" / "cap.dress.val.json"
     triplets = read_json(captions)
     captions.unlink()

@@ -266,3 +266,26 @@ def test_plot_needs_out_for_several_runs_and_known_quantities(tracked_run, tmp_p
     assert plot_run.main([str(copy), "--quantities", "nope"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: no quantity 'nope' in the logs; available: train/itc")
+
+
+def test_resume_logs_every_step_once(synthetic_root, tmp_path):
+    """Records the interrupted process wrote after its last checkpoint are dropped on resume (log.jsonl and
+    TensorBoard), so each step appears once, with the resumed run's value."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = tmp_path / "run"
+    assert retrieval.main(retrieval_args(synthetic_root, out, "--report-to", "tensorboard",
+                                         sets=("train.stop_after_steps=6",))) == 0
+    # What a process killed after step 6 had logged beyond its checkpoint.
+    with open(out / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": "train", "time": time.time(), "step": 9, "loss": 123.0}) + "\n")
+    writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+    writer.add_scalar("train/loss", 123.0, global_step=9)
+    writer.close()
+    assert retrieval.main(retrieval_args(synthetic_root, out, "--report-to", "tensorboard", "--resume",
+                                         str(out / "checkpoint_last.pth"))) == 0
+    train_steps = [r["step"] for r in records(out) if r["kind"] == "train"]
+    assert train_steps == sorted(set(train_steps)) and 9 in train_steps and 13 in train_steps
+    assert all(r.get("loss") != 123.0 for r in records(out))
+    loss = scalars(out)["train/loss"]
+    assert [s for s, _ in loss] == train_steps and all(v != 123.0 for _, v in loss)
