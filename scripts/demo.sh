@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole framework end to end on the bundled synthetic data, on CPU in about 10 minutes:
+# The whole framework end to end on the bundled synthetic data, on CPU in about 8 minutes (2 quiet cores):
 #   setup -> synthetic FashionGen / FashionIQ / ASEN++ data in the real formats -> prepare_dataset.py ->
 #   tokenizer vocabulary -> Fashion-FINE pretraining -> CMR fine-tuning -> CMR evaluation (full + sampled
 #   protocols) -> TGIR fine-tuning and evaluation -> ASEN++ stage 1, stage 2 and test.

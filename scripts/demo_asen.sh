@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ASEN++ demo on the synthetic attribute data (CPU, about 2-3 minutes on 2 cores): write the data, train
+# ASEN++ demo on the synthetic attribute data (CPU, about 4 minutes on 2 quiet cores): write the data, train
 # stage 1 and stage 2 with the tiny configs, print the test MAP table, embed the test images for one attribute.
 # Outputs go to $SAVE_DIR (default runs): synthetic_s1/, synthetic_s2/ (checkpoints, logs, map_test.json,
 # embeddings_sleeve_length.npz).
