@@ -105,6 +105,15 @@ class TrainConfig:
             raise ValueError("train.epochs must be >= 1")
         if self.log_every < 1:
             raise ValueError("train.log_every must be >= 1")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0 (0 = never), got {getattr(self, name)}")
+        for name in ("patience", "stop_after_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"train.{name} must be >= 1 or null, got {value}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"train.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
         if "{epoch}" not in self.epoch_checkpoint_name:
             raise ValueError(f"train.epoch_checkpoint_name must contain {{epoch}}, got {self.epoch_checkpoint_name!r}")
         if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
@@ -123,3 +132,9 @@ class RuntimeConfig:
     deterministic: bool = field(False, "torch deterministic algorithms (slower; for bit-exact checks)")
     cpu_threads: int | None = field(
         None, "intra-op threads on CPU; null = cores per process minus data-loader workers (at least 1)")
+
+    def validate(self) -> None:
+        if self.num_workers < 0:
+            raise ValueError(f"runtime.num_workers must be >= 0 (0 = load in the main process), got {self.num_workers}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"runtime.cpu_threads must be >= 1 or null, got {self.cpu_threads}")

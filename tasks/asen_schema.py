@@ -78,6 +78,8 @@ class DataConfig:
     def validate(self) -> None:
         if self.NUM_TRIPLETS < 1 or self.TRAIN_BATCHSIZE < 1 or self.TEST_BATCHSIZE < 1:
             raise ValueError("DATA.NUM_TRIPLETS, TRAIN_BATCHSIZE and TEST_BATCHSIZE must be >= 1")
+        if self.NUM_WORKERS < 0:
+            raise ValueError(f"DATA.NUM_WORKERS must be >= 0 (0 = load in the main process), got {self.NUM_WORKERS}")
         names, nums = self.ATTRIBUTES.NAME, self.ATTRIBUTES.NUM
         if self.NUM_ATTRIBUTES != -1 and (len(nums) != self.NUM_ATTRIBUTES or len(names) != self.NUM_ATTRIBUTES):
             raise ValueError(
@@ -108,6 +110,9 @@ class SolverConfig:
             raise ValueError("SOLVER.EPOCHS, STEP_SIZE, LOG_PERIOD must be >= 1 and EVAL_STEPS >= 0")
         if not 0.0 <= self.BETA <= 1.0:
             raise ValueError(f"SOLVER.BETA must lie in [0, 1], got {self.BETA}")
+        for name in ("BASE_LR", "BASE_LR_SLOW"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"SOLVER.{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass
