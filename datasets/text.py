@@ -75,11 +75,18 @@ def check_sign_ids(vocab: dict[str, int], source: str) -> None:
         raise DataError(f"{source}: sign tokens must have ids 1..9 ({details}); {BUILD_VOCAB_HINT}")
 
 
-def load_tokenizer(folder: str | Path) -> BertTokenizer:
-    """BERT WordPiece tokenizer from a local folder holding `vocab.txt`; never touches the network."""
+def require_vocab(folder: str | Path, key: str = "") -> Path:
+    """`folder/vocab.txt`, or FileNotFoundError naming it (and the config `key` that names the folder)."""
     vocab_path = Path(folder) / VOCAB_FILENAME
     if not vocab_path.is_file():
-        raise FileNotFoundError(f"tokenizer vocabulary not found: {vocab_path}; {BUILD_VOCAB_HINT}")
+        where = f" ({key})" if key else ""
+        raise FileNotFoundError(f"tokenizer vocabulary not found: {vocab_path}{where}; {BUILD_VOCAB_HINT}")
+    return vocab_path
+
+
+def load_tokenizer(folder: str | Path) -> BertTokenizer:
+    """BERT WordPiece tokenizer from a local folder holding `vocab.txt`; never touches the network."""
+    vocab_path = require_vocab(folder)
     vocab = read_vocab(vocab_path)
     check_sign_ids(vocab, str(vocab_path))
     missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in vocab]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from datasets.text import BUILD_VOCAB_HINT, VOCAB_FILENAME
+from datasets.text import require_vocab
 from engine import distributed as du
 from engine.config import ConfigError, add_config_arguments
 from engine.data import EpochSampler, TrainLoader, move_to_device
@@ -122,9 +122,7 @@ class FineTask(Task):
     def check_inputs(cls, cfg: Any, request: RunRequest) -> None:
         """The weights (base class) and the tokenizer vocabulary, before anything is built."""
         super().check_inputs(cfg, request)
-        vocab = Path(cfg.data.tokenizer) / VOCAB_FILENAME
-        if not vocab.is_file():
-            raise FileNotFoundError(f"tokenizer vocabulary not found: {vocab} (data.tokenizer); {BUILD_VOCAB_HINT}")
+        require_vocab(cfg.data.tokenizer, "data.tokenizer")
 
     @classmethod
     def train_precision(cls, cfg: Any) -> str:

@@ -18,6 +18,7 @@ from tasks.fashiongen import PretrainTask, RetrievalTask
 from tasks.fine_blip import FineBlipTask
 from tasks.published_flags import ASEN_FLAGS, PublishedFlag, add_published_flags
 from tasks.tgir import TGIRTask
+from tests.test_launch_resolved import resolve
 from tests.test_launch_scripts import script_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,16 +77,6 @@ DEFAULT_DIFFERS = {"--alpha_focal": "the published scripts pass 0.25", "--device
 def _in_root(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("RANK", raising=False)
-
-
-def resolve(argv: list[str]) -> dict[str, Any]:
-    """What an entry point's command line resolves to: config, output folder, weights, evaluate."""
-    task = TASKS[argv[0]]
-    args = task.build_parser("").parse_args(argv[1:])
-    cfg = config_from_args(task.schema, args)
-    request = task.make_request(args, cfg)
-    return {"config": config_to_dict(cfg), "output_dir": str(request.output_dir), "checkpoint": request.checkpoint,
-            "evaluate": request.evaluate}
 
 
 def parse(entry: str, *argv: str) -> tuple[Any, Any]:
