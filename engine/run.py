@@ -14,7 +14,7 @@ import torch
 import engine
 from engine.config import ConfigError, config_to_dict, dump_config
 from engine.distributed import DistInfo, cleanup, init_distributed
-from engine.errors import DataError
+from engine.errors import DataError, RunError
 from engine.logger import get_logger, setup_logging
 from engine.sections import RuntimeConfig
 from engine.seeding import seed_everything
@@ -86,7 +86,7 @@ def run_main(main: Callable[[list[str] | None], int]) -> None:
     try:
         code = main(None)
         cleanup()  # destroy the process group of a finished run (torch warns at exit otherwise)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, RunError, FileNotFoundError) as exc:
         if os.environ.get("FASHIONFINE_TRACEBACK"):
             raise
         print(f"error: {exc}", file=sys.stderr)
