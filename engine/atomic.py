@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 TEMP_SUFFIX = ".tmp"
+TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # `.<name>.<8 hex digits>.tmp`, as `_create_temp` names them
 
 
 def _create_temp(path: Path) -> tuple[Path, int]:
@@ -88,3 +90,23 @@ def torch_save(path: str | Path, obj: Any) -> Path:
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes left in `folder` (only files named
+    `.<name>.<8 hex digits>.tmp`, not in subfolders); returns them. Call it only while no other process writes
+    there (e.g. under the run folder's lock)."""
+    folder = Path(folder)
+    try:
+        entries = sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        if TEMP_NAME.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(entry)
+    return removed

@@ -3,8 +3,9 @@ ALBEF / FashionSAP / BLIP / ASEN++ files, and public backbones (torchvision ResN
 
 `load_weights` reads the file once (`torch.load(weights_only=True)`, or safetensors), passes the state dict
 through the filter of the model family (`FAMILIES`: key renames, position-embedding resampling, ignored heads),
-then applies it with one strict / non-strict policy and returns, and logs, a `WeightReport`. A bad file ends
-as one `DataError` line (`FileNotFoundError` when missing) that names it.
+then applies it with one strict / non-strict policy and returns, and logs, a `WeightReport`. Files are read by
+`engine.checkpoint.read_checkpoint` (the one reader; sealed checkpoints are verified). A bad file, or one that
+does not fit the model, ends as one `DataError` line (`FileNotFoundError` when missing) that names it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import pickle
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -20,19 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from engine.checkpoint import unwrap
+from engine.checkpoint import CheckpointError, read_checkpoint, register_state_describer, unwrap
 from engine.errors import DataError
 from engine.logger import get_logger
 from models.momentum import copy_online_to_momentum
 
 Shape = tuple[int, ...]
-# Published ASEN++ files store the epoch MAP as a NumPy scalar: these types are allowed besides tensors.
-NUMPY_SCALARS = [np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType]
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -74,51 +71,6 @@ def key_groups(keys: list[str], depth: int = 3, limit: int = 6) -> str:
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def read_checkpoint(path: str | Path) -> Any:
-    """The object stored in a weight file (a checkpoint dict, or a state dict), read without running pickled
-    code: `torch.load(weights_only=True)` or safetensors. Every unreadable file is one `DataError` line."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"weight file not found: {path}")
-    if path.is_dir():
-        raise DataError(f"{path}: a folder, not a weight file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file, not a weight file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-    try:
-        with torch.serialization.safe_globals(NUMPY_SCALARS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found:  # a pickled object (e.g. `torch.save(model)`): its code is not run, nothing is loaded
-            raise DataError(f"{path}: not a plain state dict: the file pickles a Python object "
-                            f"({found.group(1)}); save `model.state_dict()` instead") from None
-        raise DataError(f"{path}: {_unreadable(path)}") from None
-    except Exception:  # torch raises several types for truncated or foreign files
-        raise DataError(f"{path}: {_unreadable(path)}") from None
-
-
-def _unreadable(path: Path) -> str:
-    with path.open("rb") as f:
-        head = f.read(512)
-    if head.startswith(b"PK"):
-        return "truncated or damaged PyTorch file (its zip archive cannot be read)"
-    try:
-        head.decode("utf-8")
-        if b"\0" not in head:
-            return "a text file, not a PyTorch weight file"
-    except UnicodeDecodeError:
-        pass
-    return "not a PyTorch weight file (unrecognised content)"
 
 
 def state_dict_of(obj: Any, name: str) -> tuple[dict[str, torch.Tensor], int]:
@@ -174,7 +126,7 @@ def read_source(source: str | Path | dict, name: str | None = None) -> Source:
     try:
         obj = read_checkpoint(path)
     except DataError as exc:  # also name the source as the caller knows it (e.g. `model.text.init_from=...`)
-        raise DataError(str(exc) if name == str(path) else f"{name}: {exc}") from None
+        raise CheckpointError(str(exc) if name == str(path) else f"{name}: {exc}") from None
     return Source(name, *state_dict_of(obj, name), config=config)
 
 
@@ -202,6 +154,10 @@ def looks_like(state: dict[str, torch.Tensor]) -> tuple[str | None, str]:
         if all(any(k.startswith(p) for k in state) for p in prefixes):
             return fam, text
     return None, f"unrecognised keys (first: {', '.join(sorted(state)[:4])})"
+
+
+register_state_describer(lambda state: looks_like(state)[1])  # for engine.checkpoint's --resume messages
+TASK_FAMILIES = ("fine", "blip", "asen")  # the task models: a file judged to be another one's is refused
 
 
 # ----------------------------------------------------------------------------- family filters
@@ -442,6 +398,22 @@ def _listing(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
+def _require_loadable(name: str, fam: Family, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                      dropped: dict[str, tuple[Shape, Shape]], looks: str) -> None:
+    """After shape drops, each of the family's required key groups must still load at least one tensor (else the
+    file is another model's, or one of another size)."""
+    for prefix in fam.required:
+        if any(k.startswith(prefix) and k in own for k in state):
+            continue
+        lost = [k for k in dropped if k.startswith(prefix)]
+        if lost:
+            (a, b) = dropped[lost[0]]
+            raise DataError(f"{name}: none of its {prefix}* weights fits this model ({len(lost)} of another shape, "
+                            f"first: {lost[0]} {a} vs model {b}); a different config or vocabulary?")
+        raise DataError(f"{name}: none of its {prefix}* weights is a weight of this model (not {fam.what}?); "
+                        f"it looks like {looks}")
+
+
 def load_weights(model: nn.Module, source: str | Path | dict, *, family: str, strict: bool = False,
                  source_name: str | None = None) -> WeightReport:
     """Load a weight file (or an already-read state dict / checkpoint dict) into `model` through the filter of
@@ -469,6 +441,8 @@ def load_weights(model: nn.Module, source: str | Path | dict, *, family: str, st
     if absent:
         raise DataError(f"{src.name}: not {fam.what} (no {', '.join(p + '*' for p in absent)} keys); "
                         f"it looks like {looks}")
+    if family in TASK_FAMILIES and guess in TASK_FAMILIES and guess != family:
+        raise DataError(f"{src.name}: not {fam.what}; the file looks like {looks}")
     other = f"; the file looks like {looks}" if guess not in (family, None) else ""
     for key in [k for k in state if k in own and state[k].shape != own[k].shape]:
         shapes = (tuple(state[key].shape), tuple(own[key].shape))
@@ -482,6 +456,7 @@ def load_weights(model: nn.Module, source: str | Path | dict, *, family: str, st
             if linked in state and linked in own and linked not in report.dropped:
                 report.dropped[linked] = (tuple(state.pop(linked).shape), tuple(own[linked].shape))
                 report.notes.append(f"{linked} not loaded: its queue was dropped, writing restarts at 0")
+    _require_loadable(src.name, fam, state, own, report.dropped, looks)
     has_momentum = fam.momentum != "if_absent" or any(k.startswith("visual_encoder_m.") for k in state)
     report.unexpected = [k for k in state if k not in own]
     report.missing = [k for k in own if k not in state and k not in report.dropped
@@ -495,6 +470,9 @@ def load_weights(model: nn.Module, source: str | Path | dict, *, family: str, st
     if bad:
         raise DataError(f"{src.name}: model weights missing from the file: {_listing(bad)}{other}")
     loadable = {k: v for k, v in state.items() if k in own}
+    if not loadable:
+        raise DataError(f"{src.name}: none of its {len(src.state)} tensors is a weight of this model (not "
+                        f"{fam.what}); it looks like {looks}")
     target.load_state_dict(loadable, strict=False)
     report.loaded = len(loadable)
     if (fam.momentum == "after" or not has_momentum) and hasattr(module, "momentum_pairs"):

@@ -297,7 +297,8 @@ def bad_file(kind: str, tmp_path: Path) -> Path:
     ("text", "a text file, not a PyTorch weight file"),
     ("garbage", r"not a PyTorch weight file \(unrecognised content\)"),
     ("truncated", r"truncated or damaged PyTorch file \(its zip archive cannot be read\)"),
-    ("module", r"not a plain state dict: the file pickles a Python object \(torch\.nn\.modules\.linear\.Linear\); "
+    ("module", r"not a plain state dict: the file pickles a Python object \(torch\.nn\.modules\.linear\.Linear\), "
+               r"which is not loaded because unpickling it could run code from the file; "
                r"save `model\.state_dict\(\)` instead"),
     ("list", r"no state dict of tensors in the file \(list\)"),
     ("no_tensors", r"no state dict of tensors in the file \(top-level keys \['args', 'epoch'\]\)"),
