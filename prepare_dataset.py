@@ -11,7 +11,9 @@ Outputs under DATA_ROOT (the folder holding fashiongen_256_256_{train,validation
   manifest.json                          N, P, SHA-256 of the inputs, framework version, options
 
 With --fashioniq-root, also writes the merged FashionIQ caption files captions/cap.train.json
-and captions/cap.val.json (dress, shirt, toptee order). Never downloads anything. Re-running
+and captions/cap.val.json (dress, shirt, toptee order) and captions/merge_manifest.json (size and
+SHA-256 of each merged file and of its sources; tgir.py refuses a merged file that no longer
+matches them). Never downloads anything. Re-running
 gives identical outputs; every JSON/text output is replaced atomically. Missing or malformed
 input is reported as one `error: ...` line (naming the file and the key or record) with exit
 status 2.
@@ -63,7 +65,14 @@ from datasets.fashiongen_h5 import (
     read_rows,
 )
 from datasets.fashiongen_meta import CATEGORY_SIGN_FILENAME, category_to_sign, sign_for_category
-from datasets.fashioniq import read_triplet_records
+from datasets.fashioniq import CATEGORIES as FASHIONIQ_CATEGORIES
+from datasets.fashioniq import (
+    MERGE_FORMAT,
+    MERGE_MANIFEST,
+    merge_record,
+    merged_sources,
+    read_triplet_records,
+)
 from engine.atomic import atomic_write, write_json, write_text
 from engine.errors import DataError
 
@@ -71,7 +80,6 @@ REPO_ROOT = Path(__file__).resolve().parent
 ANNOTATION_DIR = "annotation"
 IMAGE_DIR = "images"
 MANIFEST_FILENAME = "manifest.json"
-FASHIONIQ_CATEGORIES: tuple[str, ...] = ("dress", "shirt", "toptee")
 FASHIONIQ_PARTS: tuple[str, ...] = ("train", "val")
 FASHIONIQ_CREATE_COMMAND = "python -m datasets.synthetic fashioniq --out {root}"
 
@@ -375,7 +383,7 @@ def merge_fashioniq_captions(root: Path) -> dict[str, Any]:
     """Write `captions/cap.{train,val}.json`: the per-category files concatenated (dress, shirt, toptee)."""
     caption_dir = root / "captions"
     parts = {
-        part: [load_fashioniq_triplets(caption_dir / f"cap.{c}.{part}.json") for c in FASHIONIQ_CATEGORIES]
+        part: [load_fashioniq_triplets(path) for path in merged_sources(caption_dir, part)]
         for part in FASHIONIQ_PARTS
     }
     summary: dict[str, Any] = {}
@@ -386,6 +394,12 @@ def merge_fashioniq_captions(root: Path) -> dict[str, Any]:
             "triplets": len(merged),
             "per_category": {c: len(items) for c, items in zip(FASHIONIQ_CATEGORIES, per_category)},
         }
+    # What each merged file was built from; tgir.py refuses a merged file that no longer matches (written last,
+    # so an interrupted prepare leaves a record that does not match either).
+    write_json(caption_dir / MERGE_MANIFEST, {
+        "format": MERGE_FORMAT,
+        "files": {f"cap.{part}.json": merge_record(caption_dir, part) for part in FASHIONIQ_PARTS},
+    }, indent=2)
     return summary
 
 

@@ -6,7 +6,9 @@ Every malformed record is reported as ``file:line: reason``. Indices are 0-based
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,15 +177,40 @@ class EvalSplit:
     candidates: LabelLines
 
 
+def _decode_problem(path: Path) -> str | None:
+    """Why the loader (`load_rgb`, as `AsenImages.load`) cannot use the image at `path`, or None."""
+    try:
+        load_rgb(path)
+    except FileNotFoundError:
+        return f"image file not found: {path}"
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
 def _check_images(root: Path, list_path: Path, images: list[str], used: np.ndarray, mode: str) -> None:
+    """CHECK_IMAGES: `sample` / `all` check that the images exist (a fixed sample of 1000 / every one);
+    `all` also decodes every image as the loader does, and names the unusable ones (count and first lines)."""
     if mode == "none" or used.size == 0:
         return
     fids = np.unique(used)
     if mode == "sample" and len(fids) > IMAGE_CHECK_SAMPLE:
         fids = np.sort(np.random.default_rng(0).choice(fids, IMAGE_CHECK_SAMPLE, replace=False))
-    for fid in fids.tolist():
-        if not (root / images[fid]).is_file():
-            raise DataError(f"{list_path}:{fid + 1}: image file not found: {root / images[fid]}")
+    if mode != "all":
+        for fid in fids.tolist():
+            if not (root / images[fid]).is_file():
+                raise DataError(f"{list_path}:{fid + 1}: image file not found: {root / images[fid]}")
+        return
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        problems = [(fid, why) for fid, why in zip(fids.tolist(), pool.map(_decode_problem,
+                                                                            (root / images[f] for f in fids)))
+                    if why is not None]
+    if problems:
+        (fid, why), rest = problems[0], problems[1:]
+        also = "" if not rest else (
+            f"; {len(problems)} of the {len(fids)} images cannot be used (CHECK_IMAGES: all), also at lines "
+            + ", ".join(str(f + 1) for f, _ in rest[:5]) + (", ..." if len(rest) > 5 else ""))
+        raise DataError(f"{list_path}:{fid + 1}: {why}{also}")
 
 
 def load_eval_split(data_cfg: Any, split: str, schema: AsenSchema) -> EvalSplit:

@@ -45,12 +45,14 @@ from datasets.text import CMR_PREFIX, encode_fixed_length, pre_caption
 from datasets.transforms import TestTransform, TrainTransform
 from datasets.wordnet import Lexicon
 from engine.errors import DataError
+from engine.logger import get_logger
 from engine.seeding import item_rng
 
 MAX_LENGTH = 180  # published --max_word_num for CMR and pretraining
 HELDOUT_FILENAME = "fashiongen_heldout_products.json"  # datasets.heldout file under <output_dir>/eval_sets/
 HELDOUT_KIND = "fashiongen-train-products"
 PREPARE_COMMAND = "python prepare_dataset.py --data-root {root}"
+DESCRIPTION_CHUNK_ROWS = 1 << 15  # rows of input_description read at once by the empty-text check
 
 
 # ----------------------------------------------------------------------------- lazy HDF5 handle
@@ -129,6 +131,18 @@ def _scalar(value: Any) -> Any:
 # ----------------------------------------------------------------------------- split index
 
 
+def count_empty_descriptions(h5file: h5py.File, num_rows: int) -> int:
+    """Rows whose `input_description` is empty or only white space (read in chunks)."""
+    empty = 0
+    for start in range(0, num_rows, DESCRIPTION_CHUNK_ROWS):
+        values = read_rows(h5file, DESCRIPTION_KEY, start, min(num_rows, start + DESCRIPTION_CHUNK_ROWS))
+        if values.dtype.kind in "SU":
+            empty += int((np.char.str_len(np.char.strip(values)) == 0).sum())
+        else:  # variable-length strings
+            empty += sum(not decode_h5_string(v).strip() for v in values.tolist())
+    return empty
+
+
 class FashionGenSplit:
     """Index of one FashionGen split: products, rows, per-row category/subcategory, lazy HDF5 reads.
 
@@ -146,6 +160,7 @@ class FashionGenSplit:
             self.image_size = tuple(int(s) for s in h5file[IMAGE_KEY].shape[1:3])
             row_ids = read_rows(h5file, PRODUCT_ID_KEY, 0, num_rows).astype(np.int64)
             self._subcategories, self._row_subcategory = self._codes(h5file, SUBCATEGORY_KEY, num_rows)
+            empty = count_empty_descriptions(h5file, num_rows)
         groups = load_product_groups(self.product_list_path)
         counts = np.array([len(rows) for _, rows in groups], dtype=np.int64)
         self.product_ids = np.array([pid for pid, _ in groups], dtype=np.int64)
@@ -155,6 +170,12 @@ class FashionGenSplit:
                 f"the file has {num_rows}, or the product ids differ); it is stale: re-run "
                 f"`{PREPARE_COMMAND.format(root=self.data_root)}`"
             )
+        if empty == num_rows:
+            raise DataError(f"{self.h5_path} ({self.split} split): every one of the {num_rows} rows has an empty "
+                            f"{DESCRIPTION_KEY}; there is no text to train or evaluate on")
+        if empty:
+            get_logger().warning("%s (%s split): %d of %d rows have an empty %s (their texts are only the prompt)",
+                                 self.h5_path, self.split, empty, num_rows, DESCRIPTION_KEY)
         self.product_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.row_product = np.repeat(np.arange(len(groups), dtype=np.int64), counts)
         self._h5 = LazyH5(self.h5_path)

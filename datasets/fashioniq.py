@@ -7,6 +7,7 @@ Layout under `root`: `captions/cap.<category>.<split>.json` (and the merged `cap
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -185,6 +186,67 @@ def read_image_split(layout: FashionIQLayout, category: str, split: str) -> list
             raise DataError(f"{path}: empty image split")
         names.update(items)
     return sorted(names)
+
+
+# ----------------------------------------------------------------------------- merged caption files
+
+MERGE_MANIFEST = "merge_manifest.json"  # captions/<this>: what prepare_dataset.py built cap.<split>.json from
+MERGE_FORMAT = "fashionfine-fashioniq-merge-1"
+
+
+def merged_sources(caption_dir: Path, split: str) -> list[Path]:
+    """The per-category files `cap.<split>.json` concatenates, in order (dress, shirt, toptee)."""
+    return [caption_dir / f"cap.{c}.{split}.json" for c in CATEGORIES]
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file, as the merge manifest records them."""
+    data = path.read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def merge_record(caption_dir: Path, split: str) -> dict[str, Any]:
+    """The manifest entry of a freshly written `cap.<split>.json`: the file and each of its sources."""
+    return {**file_record(caption_dir / f"cap.{split}.json"),
+            "sources": {p.name: file_record(p) for p in merged_sources(caption_dir, split)}}
+
+
+def _merge_manifest_entry(caption_dir: Path, name: str) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((caption_dir / MERGE_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = manifest.get("files", {}).get(name) if isinstance(manifest, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def check_merged_caption_file(layout: FashionIQLayout, split: str) -> None:
+    """The merged `cap.<split>.json` (category `all`) must be the one prepare_dataset.py builds from the
+    current per-category files: unchanged since, with sources of the recorded sizes and hashes (a merged file
+    without a record, e.g. from an older prepare, must at least be newer than its sources)."""
+    path = layout.caption_path("all", split)
+    redo = f"re-run `{MERGE_COMMAND.format(root=layout.root)}`"
+    if not path.is_file():
+        raise FileNotFoundError(f"FashionIQ caption file not found: {path}; create the merged files with "
+                                f"`{MERGE_COMMAND.format(root=layout.root)}`")
+    caption_dir = path.parent
+    entry = _merge_manifest_entry(caption_dir, path.name)
+    if entry is None:
+        newer = [p for p in merged_sources(caption_dir, split)
+                 if p.is_file() and p.stat().st_mtime_ns > path.stat().st_mtime_ns]
+        if newer:
+            raise DataError(f"{path} is older than {newer[0]} (no {MERGE_MANIFEST} records what it was merged "
+                            f"from): it may be stale; {redo}")
+        return
+    recorded = {k: entry.get(k) for k in ("bytes", "sha256")}
+    if file_record(path) != recorded:
+        raise DataError(f"{path} changed since prepare_dataset.py merged it ({caption_dir / MERGE_MANIFEST}); {redo}")
+    for source in merged_sources(caption_dir, split):
+        want = (entry.get("sources") or {}).get(source.name)
+        have = file_record(source) if source.is_file() else None
+        if have != want:
+            state = "is missing" if have is None else "changed"
+            raise DataError(f"{path} is stale: {source} {state} since prepare_dataset.py merged it; {redo}")
 
 
 def image_ids(triplets: Sequence[Triplet]) -> dict[str, int]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from engine import distributed as du
 from engine.atomic import write_json
+from engine.config import ConfigError
 from engine.errors import DataError
 from engine.seeding import derive_seed
 
@@ -40,6 +41,19 @@ class HeldoutSplit:
         held = set(self.heldout)
         return HeldoutSplit([i for i, g in enumerate(groups) if g not in held],
                             [i for i, g in enumerate(groups) if g in held])
+
+
+def check_batch_fits(num_samples: int, batch_size: int, world_size: int, samples: str, heldout: str = "") -> None:
+    """A training set too small for one batch per process is a ConfigError naming data.batch_size and the
+    number of training `samples` (e.g. "products") left after holding `heldout` (e.g. "40 products") out."""
+    per_process = num_samples // max(1, world_size)
+    if per_process >= batch_size:
+        return
+    after = f" (after holding out {heldout} for selection)" if heldout else ""
+    processes = f" per process ({world_size} processes)" if world_size > 1 else ""
+    raise ConfigError(f"data.batch_size {batch_size}{processes} is larger than the {num_samples} training {samples}"
+                      f"{after}: not one full batch to train on; lower data.batch_size to at most "
+                      f"{max(1, per_process)}")
 
 
 def fingerprint_of(data: Any) -> str:

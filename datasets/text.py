@@ -55,11 +55,23 @@ def join_fashioniq_captions(captions: Sequence[str]) -> str:
     return pre_caption(TGIR_PREFIX + " and ".join(captions))
 
 
+def read_vocab_text(path: str | Path) -> str:
+    """The text of a vocabulary file; bytes that are not UTF-8 are a DataError naming the file and the offset."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: not UTF-8 text at byte offset {exc.start} (line {line}: {exc.reason}); a "
+                        f"vocabulary is UTF-8, one token per line; {BUILD_VOCAB_HINT}") from None
+
+
 def read_vocab(path: str | Path) -> dict[str, int]:
     """Read a BERT `vocab.txt` (one token per line, id = line number)."""
     path = Path(path)
     vocab: dict[str, int] = {}
-    for idx, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for idx, line in enumerate(read_vocab_text(path).splitlines()):
         token = line.rstrip("\r")
         if token in vocab:
             raise DataError(f"{path}:{idx + 1}: duplicate token {token!r}")
@@ -76,11 +88,13 @@ def check_sign_ids(vocab: dict[str, int], source: str) -> None:
 
 
 def require_vocab(folder: str | Path, key: str = "") -> Path:
-    """`folder/vocab.txt`, or FileNotFoundError naming it (and the config `key` that names the folder)."""
+    """`folder/vocab.txt`, or FileNotFoundError naming it (and the config `key` that names the folder); a file
+    that is not UTF-8 text is a DataError."""
     vocab_path = Path(folder) / VOCAB_FILENAME
     if not vocab_path.is_file():
         where = f" ({key})" if key else ""
         raise FileNotFoundError(f"tokenizer vocabulary not found: {vocab_path}{where}; {BUILD_VOCAB_HINT}")
+    read_vocab_text(vocab_path)  # not UTF-8: one line now, before anything is started
     return vocab_path
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from engine.atomic import atomic_write
 
@@ -39,11 +40,32 @@ def _yaml() -> YAML:
     return YAML(typ="safe", pure=True)
 
 
-def parse_scalar(text: str) -> Any:
-    """Parse an override value with YAML 1.2 rules (`6e-5` -> float, `[1, 2]` -> list, `null` -> None)."""
+def yaml_error_text(exc: YAMLError, source: str) -> str:
+    """A YAML error on one line, `SOURCE:LINE:COLUMN: invalid YAML: problem (context at LINE:COLUMN)` (1-based),
+    instead of ruamel's several lines that name the stream, not the file."""
+    mark = exc.problem_mark if isinstance(exc, MarkedYAMLError) else None
+    if mark is None:
+        return f"{source}: invalid YAML: {' '.join(str(exc).split())}"
+    text = f"{source}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {exc.problem}"
+    if exc.context:
+        where = exc.context_mark
+        text += f" ({exc.context}" + (f" at {where.line + 1}:{where.column + 1})" if where is not None else ")")
+    return text
+
+
+def parse_scalar(text: str, source: str | None = None) -> Any:
+    """Parse an override value with YAML 1.2 rules (`6e-5` -> float, `[1, 2]` -> list, `null` -> None);
+    invalid YAML is a one-line ConfigError naming `source` (e.g. the `--set` item)."""
     if text.strip() == "":
         return ""
-    return _yaml().load(io.StringIO(text))
+    try:
+        return _yaml().load(io.StringIO(text))
+    except YAMLError as exc:
+        mark = exc.problem_mark if isinstance(exc, MarkedYAMLError) else None
+        problem = (exc.problem if mark is not None else None) or " ".join(str(exc).split())
+        column = f" at column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{source or repr(text)}: the value is not valid YAML{column}: {problem} (quote a "
+                          "string; close every bracket)") from None
 
 
 def _deep_merge(base: dict, top: Mapping, origins: dict[str, str], source: str, prefix: str = "") -> dict:
@@ -73,7 +95,12 @@ def load_yaml_tree(path: str | Path, origins: dict[str, str] | None = None, _sta
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in _stack:
         raise ConfigError(f"{path}: circular _base_ chain: {' -> '.join(str(p) for p in _stack)}")
-    data = _yaml().load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = _yaml().load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start}: {exc.reason})") from None
+    except YAMLError as exc:
+        raise ConfigError(yaml_error_text(exc, str(path))) from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     data = dict(data)
@@ -118,7 +145,8 @@ def apply_override(tree: dict, assignment: str, origins: dict[str, str]) -> dict
     key, text = assignment.split("=", 1)
     if not all(key.strip().split(".")):
         raise ConfigError(f"--set {assignment!r}: empty key component")
-    return apply_value(tree, key, parse_scalar(text), origins, f"--set {assignment}")
+    value = parse_scalar(text, f"--set {assignment!r}")
+    return apply_value(tree, key, value, origins, f"--set {assignment}")
 
 
 def _type_name(tp: Any) -> str:
@@ -252,6 +280,14 @@ def load_config_with_origins(schema: type[T], paths: Sequence[str | Path] = (), 
     for assignment in overrides:
         tree = apply_override(tree, assignment, origins)
     return build_config(schema, tree, origins), origins
+
+
+def check_select_metric(name: str | None, valid: Sequence[str], evaluation: str,
+                        key: str = "train.select_metric") -> None:
+    """`key` must name one of the `valid` metrics that the selection `evaluation` returns (checked before any
+    data is read, not after the first epoch)."""
+    if name is not None and name not in valid:
+        raise ConfigError(f"{key} {name!r} is not a metric of {evaluation}; valid names: {', '.join(valid)}")
 
 
 def config_to_dict(cfg: Any) -> Any:

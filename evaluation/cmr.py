@@ -108,6 +108,25 @@ def full_ranks(index: ProductIndex, *, scores: torch.Tensor | None = None, text_
     return i2t, t2i
 
 
+def full_metric_names(blip: bool = False) -> tuple[str, ...]:
+    """The keys `full_metrics` returns (also what `train.select_metric` may name), in order."""
+    recalls = tuple(f"{d}_r{k}" for d in ("txt", "img") for k in KS)
+    return (*recalls, "txt_r_mean", "img_r_mean", "r_mean", *(() if blip else ("full_sum",)))
+
+
+def sampled_metric_names() -> tuple[str, ...]:
+    """The keys `sampled_metrics` returns, in order."""
+    return (*(f"tiny_{d}_r{k}" for d in ("txt", "img") for k in KS), "tiny_sum")
+
+
+def metric_names(protocol: str, blip: bool = False) -> tuple[str, ...]:
+    """The keys an evaluation of `protocol` (full, sampled, both) returns."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    full = full_metric_names(blip) if protocol in ("full", "both") else ()
+    return full + (sampled_metric_names() if protocol in ("sampled", "both") else ())
+
+
 def full_metrics(i2t_ranks: torch.Tensor, t2i_ranks: torch.Tensor, blip: bool = False) -> dict[str, float]:
     """Full-protocol metrics under the published key names; `blip=True` gives the BLIP variant (r_mean = mean
     of means, no sum)."""
@@ -119,7 +138,7 @@ def full_metrics(i2t_ranks: torch.Tensor, t2i_ranks: torch.Tensor, blip: bool = 
     else:
         m["r_mean"] = (m["txt_r1"] + m["img_r1"]) / 2
         m["full_sum"] = sum(m[f"{d}_r{k}"] for d in ("txt", "img") for k in KS)
-    return m
+    return {name: m[name] for name in full_metric_names(blip)}
 
 
 # ----------------------------------------------------------------------------- sampled protocol: drawing
@@ -370,7 +389,7 @@ def sampled_metrics(i2t_ranks: torch.Tensor, t2i_ranks: torch.Tensor) -> dict[st
     """`tiny_txt_r*`, `tiny_img_r*` and `tiny_sum` (the published key names)."""
     m = recall_at_k(i2t_ranks, KS, "tiny_txt_r") | recall_at_k(t2i_ranks, KS, "tiny_img_r")
     m["tiny_sum"] = sum(m[f"tiny_{d}_r{k}"] for d in ("txt", "img") for k in KS)
-    return m
+    return {name: m[name] for name in sampled_metric_names()}
 
 
 # ----------------------------------------------------------------------------- driver and report

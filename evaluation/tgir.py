@@ -111,11 +111,24 @@ def tgir_ranks(query_emb: torch.Tensor, gallery_emb: torch.Tensor, gallery_names
                                chunk_size=chunk_size)
 
 
+def set_metric_names(name: str) -> tuple[str, ...]:
+    """The keys `set_metrics` returns for query set `name`."""
+    return (*(f"{name}_r{k}" for k in KS), f"{name}_img_r_mean")
+
+
+AVERAGE_METRICS = ("avg_r10", "avg_r50", "avg", "sum")  # the keys of `average_metrics`
+
+
+def metric_names(set_names: Sequence[str]) -> tuple[str, ...]:
+    """The keys `evaluate_tgir` returns for these query sets (also what `train.select_metric` may name)."""
+    return (*(m for name in set_names for m in set_metric_names(name)), *AVERAGE_METRICS)
+
+
 def set_metrics(ranks: torch.Tensor, name: str) -> dict[str, float]:
     """`{name}_r1/5/10/50` and `{name}_img_r_mean` (mean of R@1/5/10)."""
     m = recall_at_k(ranks, KS, f"{name}_r")
     m[f"{name}_img_r_mean"] = sum(m[f"{name}_r{k}"] for k in (1, 5, 10)) / 3
-    return m
+    return {key: m[key] for key in set_metric_names(name)}
 
 
 def averaged_sets(names: Sequence[str]) -> list[str]:
@@ -133,7 +146,7 @@ def average_metrics(metrics: Mapping[str, float], names: Sequence[str]) -> dict[
     out = {"avg_r10": sum(r10) / len(names), "avg_r50": sum(r50) / len(names)}
     out["avg"] = (out["avg_r10"] + out["avg_r50"]) / 2
     out["sum"] = sum(r10) + sum(r50)
-    return out
+    return {key: out[key] for key in AVERAGE_METRICS}
 
 
 @dataclass

@@ -24,6 +24,17 @@ from evaluation.report import format_table, write_report
 from tasks.asen_schema import AsenConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SUMMARY_METRICS = ("map", "map_attr_mean")  # query-weighted total MAP (selects checkpoints) and attribute mean
+
+
+def attribute_metric(name: str) -> str:
+    """The metric key of one attribute's MAP: `map/<name>` (spaces to underscores)."""
+    return f"map/{name.replace(' ', '_')}"
+
+
+def metric_names(schema: AsenSchema) -> tuple[str, ...]:
+    """The keys `AsenEvaluator.metrics` can return (an attribute without queries has no `map/<name>`)."""
+    return (*SUMMARY_METRICS, *(attribute_metric(n) for n in schema.names))
 
 
 def _shard(n: int, info: DistInfo) -> list[int]:
@@ -97,10 +108,10 @@ class AsenEvaluator:
 
     def metrics(self, result: MapResult) -> dict[str, float]:
         """Flat metric dict in percent: `map` (query-weighted total), `map_attr_mean`, `map/<attribute>`."""
-        out = {"map": 100 * result.total, "map_attr_mean": 100 * result.attribute_mean}
+        out = dict(zip(SUMMARY_METRICS, (100 * result.total, 100 * result.attribute_mean)))
         for name, value in zip(self.schema.names, result.per_attribute):
             if value is not None:
-                out[f"map/{name.replace(' ', '_')}"] = 100 * value
+                out[attribute_metric(name)] = 100 * value
         return out
 
     def __call__(self, model: nn.Module, epoch: int | None = None) -> dict[str, float]:

@@ -11,7 +11,11 @@ from torch import nn
 
 from datasets.fashiongen import FashionGenCMRTrainDataset, FashionGenPretrainDataset, FashionGenSplit
 from datasets.fashiongen_h5 import h5_path
+from datasets.heldout import check_batch_fits
 from datasets.text import load_tokenizer
+from engine.config import check_select_metric
+from engine.sections import require_device
+from evaluation.cmr import metric_names
 from models.fine_pretrain import FinePretrainModel
 from models.fine_retrieval import FineRetrievalModel
 from tasks.base import RunRequest
@@ -29,11 +33,25 @@ class FashionGenTask(FineTask):
     published_flags = PRETRAIN_FLAGS  # pretrain.py and retrieval.py have the same published argparse
 
     @classmethod
+    def selection_metrics(cls, cfg: Any) -> tuple[str, ...]:
+        """The metrics the selection evaluation returns (what train.select_metric may name)."""
+        return metric_names(cfg.eval.protocol)
+
+    @classmethod
     def check_inputs(cls, cfg: Any, request: RunRequest) -> None:
-        """Weights, tokenizer and the FashionGen files of the splits the run reads."""
+        """Device, selection metric, weights, tokenizer and the FashionGen files of the splits the run reads."""
+        require_device(cfg.runtime.device)
+        if not request.evaluate:
+            check_select_metric(cfg.train.select_metric, cls.selection_metrics(cfg),
+                                f"the FashionGen CMR evaluation (eval.protocol {cfg.eval.protocol})")
         super().check_inputs(cfg, request)
         for split in ("validation",) if request.evaluate else ("train", "validation"):
             h5_path(cfg.data.root, split)
+
+    def check_fits(self, num_samples: int, samples: str, heldout: tuple[list[int] | None, list[int] | None]) -> None:
+        """The training set (after the held-out products) fills at least one batch per process."""
+        held = f"{len(heldout[1])} products" if heldout[1] else ""
+        check_batch_fits(num_samples, self.cfg.data.batch_size, self.run.info.world_size, samples, held)
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -75,10 +93,12 @@ class PretrainTask(FashionGenTask):
 
     def train_set(self, heldout: tuple[list[int] | None, list[int] | None]) -> FashionGenPretrainDataset:
         cfg = self.cfg
-        return FashionGenPretrainDataset(
+        dataset = FashionGenPretrainDataset(
             self.train_split, self.tokenizer, image_res=cfg.model.vision.image_res,
             randaugment_magnitude=cfg.data.randaugment_magnitude, products=heldout[0], seed=cfg.runtime.seed,
             max_length=cfg.data.max_words, text_options=cfg.compat.pretrain_text_options(cfg.data.wordnet_path))
+        self.check_fits(len(dataset), f"rows of {self.train_split.h5_path}", heldout)
+        return dataset
 
 
 class RetrievalTask(FashionGenTask):
@@ -89,7 +109,9 @@ class RetrievalTask(FashionGenTask):
 
     def train_set(self, heldout: tuple[list[int] | None, list[int] | None]) -> FashionGenCMRTrainDataset:
         cfg = self.cfg
-        return FashionGenCMRTrainDataset(
+        dataset = FashionGenCMRTrainDataset(
             self.train_split, self.tokenizer, image_res=cfg.model.vision.image_res,
             randaugment_magnitude=cfg.data.randaugment_magnitude, products=heldout[0], seed=cfg.runtime.seed,
             max_length=cfg.data.max_words, legacy_tokenization=cfg.compat.is_compat("text_layout"))
+        self.check_fits(len(dataset), f"products of {self.train_split.h5_path}", heldout)
+        return dataset

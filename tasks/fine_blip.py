@@ -22,10 +22,13 @@ from datasets.fashiongen_blip import (
     FashionGenBlipTrainDataset,
     load_blip_tokenizer,
 )
-from datasets.heldout import fingerprint_of, load_or_create_heldout
+from datasets.heldout import check_batch_fits, fingerprint_of, load_or_create_heldout
+from engine.config import check_select_metric
 from engine.logger import get_logger
-from evaluation.cmr import CMROptions, CMRResult, evaluate_cmr
+from engine.sections import require_device
+from evaluation.cmr import CMROptions, CMRResult, evaluate_cmr, metric_names
 from models.fine_blip import FineBlipRetrieval
+from tasks.base import RunRequest
 from tasks.blip_schema import BlipEvalConfig, BlipRetrievalConfig
 from tasks.cmr_eval import TEST_SELECTION_WARNING, CMREvaluator
 from tasks.fine_common import FineTask, extract, optimizer_and_schedule
@@ -144,6 +147,21 @@ class FineBlipTask(FineTask):
     published_flags = BLIP_FLAGS
     cfg: BlipRetrievalConfig
 
+    @classmethod
+    def selection_metrics(cls, cfg: BlipRetrievalConfig) -> tuple[str, ...]:
+        """The metrics the selection evaluation returns (what train.select_metric may name); none with
+        `data.select_on: none`."""
+        return () if cfg.data.select_on == "none" else metric_names(cfg.eval.protocol, blip=True)
+
+    @classmethod
+    def check_inputs(cls, cfg: BlipRetrievalConfig, request: RunRequest) -> None:
+        """Device and selection metric (from the config alone), then weights and tokenizer."""
+        require_device(cfg.runtime.device)
+        if not request.evaluate and cfg.data.select_on != "none":
+            check_select_metric(cfg.train.select_metric, cls.selection_metrics(cfg),
+                                f"the BLIP-variant CMR evaluation (eval.protocol {cfg.eval.protocol})")
+        super().check_inputs(cfg, request)
+
     @cached_property
     def sign_tokens(self) -> bool:
         return not self.cfg.compat.is_compat("blip_sign_token")
@@ -182,10 +200,14 @@ class FineBlipTask(FineTask):
 
     def train_set(self, heldout: tuple[list[int] | None, list[int] | None]) -> FashionGenBlipTrainDataset:
         cfg, data = self.cfg, self.data
-        return FashionGenBlipTrainDataset(self.annotation, data.image_root, data.captions,
-                                          image_res=cfg.model.vision.image_res,
-                                          randaugment_magnitude=cfg.data.randaugment_magnitude,
-                                          records=self.annotation.records_of(heldout[0]), seed=cfg.runtime.seed)
+        dataset = FashionGenBlipTrainDataset(self.annotation, data.image_root, data.captions,
+                                             image_res=cfg.model.vision.image_res,
+                                             randaugment_magnitude=cfg.data.randaugment_magnitude,
+                                             records=self.annotation.records_of(heldout[0]), seed=cfg.runtime.seed)
+        held = f"{len(heldout[1])} products" if heldout[1] else ""
+        check_batch_fits(len(dataset), cfg.data.batch_size, self.run.info.world_size,
+                         f"records of {data.annotation(cfg.data.train_annotation)}", held)
+        return dataset
 
     def selection_evaluator(self, heldout: tuple[list[int] | None, list[int] | None]) -> BlipCMREvaluator | None:
         cfg, data, run = self.cfg, self.data, self.run

@@ -18,21 +18,26 @@ from datasets.fashioniq import (
     TGIRQueryDataset,
     TGIRTrainDataset,
     Triplet,
+    check_merged_caption_file,
     load_or_create_heldout_triplets,
     read_caption_file,
     read_image_split,
 )
+from datasets.heldout import check_batch_fits
 from datasets.text import load_tokenizer
 from datasets.transforms import TestTransform, TrainTransform
 from engine import distributed as du
+from engine.config import check_select_metric
 from engine.data import build_eval_loader
 from engine.logger import get_logger
+from engine.sections import require_device
 from evaluation.tgir import (
     QuerySet,
     TGIROptions,
     build_gallery,
     evaluate_tgir,
     format_tgir_table,
+    metric_names,
     write_tgir_report,
 )
 from models.fine_tgir import FineTGIRModel
@@ -118,10 +123,24 @@ class TGIRTask(FineTask):
     cfg: TGIRConfig
 
     @classmethod
+    def selection_metrics(cls, cfg: TGIRConfig) -> tuple[str, ...]:
+        """The metrics the selection evaluation returns (what train.select_metric may name)."""
+        return metric_names(["heldout"] if cfg.data.select_on == "heldout" else cfg.eval.categories)
+
+    @classmethod
     def check_inputs(cls, cfg: TGIRConfig, request: RunRequest) -> None:
-        """Weights, tokenizer and the FashionIQ folders, before anything is built."""
+        """Device, selection metric, weights, tokenizer, the FashionIQ folders and the merged caption files the
+        run reads (not stale), before anything is built."""
+        require_device(cfg.runtime.device)
+        if not request.evaluate:
+            check_select_metric(cfg.train.select_metric, cls.selection_metrics(cfg),
+                                f"the FashionIQ evaluation (data.select_on {cfg.data.select_on})")
         super().check_inputs(cfg, request)
-        FashionIQLayout.open(cfg.data.root, cfg.data.image_dir, cfg.data.image_ext)
+        layout = FashionIQLayout.open(cfg.data.root, cfg.data.image_dir, cfg.data.image_ext)
+        if not request.evaluate and cfg.data.train_class == "all":
+            check_merged_caption_file(layout, "train")
+        if "all" in cfg.eval.categories:
+            check_merged_caption_file(layout, "val")
 
     @cached_property
     def layout(self) -> FashionIQLayout:
@@ -172,10 +191,14 @@ class TGIRTask(FineTask):
 
     def train_set(self, heldout: Any) -> TGIRTrainDataset:
         cfg = self.cfg
-        return TGIRTrainDataset(self.triplets, self.layout, self.tokenizer,
-                                TrainTransform(cfg.model.vision.image_res, cfg.data.randaugment_magnitude),
-                                max_length=cfg.data.max_words, add_sep=self.add_sep, seed=cfg.runtime.seed,
-                                indices=heldout.train if heldout is not None else None)
+        dataset = TGIRTrainDataset(self.triplets, self.layout, self.tokenizer,
+                                   TrainTransform(cfg.model.vision.image_res, cfg.data.randaugment_magnitude),
+                                   max_length=cfg.data.max_words, add_sep=self.add_sep, seed=cfg.runtime.seed,
+                                   indices=heldout.train if heldout is not None else None)
+        held = f"{len(heldout.heldout)} triplets" if heldout is not None else ""
+        check_batch_fits(len(dataset), cfg.data.batch_size, self.run.info.world_size,
+                         f"triplets of {self.layout.caption_path(cfg.data.train_class, 'train')}", held)
+        return dataset
 
     def selection_evaluator(self, heldout: Any) -> TGIREvaluator:
         if heldout is None:
