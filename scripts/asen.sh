@@ -7,6 +7,8 @@
 # Environment: NGPU=N trains each stage under torchrun with N processes; SAVE_DIR (default runs) is the run
 # root; PYTHON (default: .venv/bin/python if present, else python); DATA_CFG / STAGE_DIR replace the dataset
 # config and the folder of s1.yaml/s2.yaml (the synthetic demo uses DATA_CFG=data/synthetic/asen/synthetic.yaml).
+# A stage whose SAVE_DIR/NAME holds an earlier run is refused (one line); pass --overwrite to replace it, or
+# continue a stopped stage with asen_main.py --resume SAVE_DIR/NAME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -4,6 +4,8 @@
 #   tokenizer vocabulary -> Fashion-FINE pretraining -> CMR fine-tuning -> CMR evaluation (full + sampled
 #   protocols) -> TGIR fine-tuning and evaluation -> ASEN++ stage 1, stage 2 and test.
 # Options: DEMO_OUT (default output/demo), SKIP_ASEN=1, WITH_BLIP=1 (also the BLIP variant, if present).
+# Running it again replaces the previous demo: its training runs pass --overwrite, which removes only the files
+# the framework wrote in their DEMO_OUT folders (anything else there is kept); evaluations rewrite their results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -19,11 +21,11 @@ $PY scripts/build_vocab.py from-captions --data-root "$DATA" --out "$TOKENIZER"
 
 echo "== Fashion-FINE pretraining (tiny model, CPU)"
 DATA_ROOT=$DATA/fashiongen CONFIG=configs/pretrain_tiny.yaml OUTPUT_DIR=$OUT/pretrain CHECKPOINT="" \
-  bash pt.sh --set train.progress_bar=false
+  bash pt.sh --overwrite --set train.progress_bar=false
 
 echo "== cross-modal retrieval fine-tuning from the pretrained checkpoint"
 DATA_ROOT=$DATA/fashiongen CONFIG=configs/retrieval_tiny.yaml OUTPUT_DIR=$OUT/retrieval \
-  CHECKPOINT=$OUT/pretrain/checkpoint_best.pth bash retrieval.sh --set train.progress_bar=false
+  CHECKPOINT=$OUT/pretrain/checkpoint_best.pth bash retrieval.sh --overwrite --set train.progress_bar=false
 
 echo "== cross-modal retrieval evaluation on the test split (both protocols)"
 DATA_ROOT=$DATA/fashiongen CONFIG=configs/retrieval_tiny.yaml OUTPUT_DIR=$OUT/retrieval_eval \
@@ -31,7 +33,7 @@ DATA_ROOT=$DATA/fashiongen CONFIG=configs/retrieval_tiny.yaml OUTPUT_DIR=$OUT/re
 
 echo "== text-guided image retrieval fine-tuning and evaluation (FashionIQ)"
 DATA_ROOT=$DATA/fashioniq CONFIG=configs/tgir_tiny.yaml OUTPUT_DIR=$OUT/tgir \
-  CHECKPOINT=$OUT/pretrain/checkpoint_best.pth bash tgir.sh --set train.progress_bar=false
+  CHECKPOINT=$OUT/pretrain/checkpoint_best.pth bash tgir.sh --overwrite --set train.progress_bar=false
 DATA_ROOT=$DATA/fashioniq CONFIG=configs/tgir_tiny.yaml OUTPUT_DIR=$OUT/tgir_eval \
   bash eval_tgir.sh "$OUT/tgir/checkpoint_best.pth"
 

@@ -3,7 +3,8 @@
 #   image extraction -> stage 1 (sign-prefixed captions, symbol loss) -> stage 2 (plain captions, from stage
 #   1's third-epoch checkpoint) -> evaluation of the selected stage-2 model (both protocols, table + JSON).
 # Run by `WITH_BLIP=1 bash scripts/demo.sh`, or alone (it writes whatever synthetic data is missing).
-# Options: DEMO_OUT (default output/demo).
+# Options: DEMO_OUT (default output/demo). Running it again replaces the previous BLIP demo: both stages pass
+# --overwrite, which removes only the files the framework wrote in their folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || bash scripts/setup.sh
@@ -20,7 +21,7 @@ $PY prepare_dataset.py --data-root "$DATA_ROOT" --extract-images --quiet
 echo "== Fashion-FINE on BLIP: stage 1 then stage 2 (tiny model, CPU)"
 CONFIG1=configs/blip/retrieval_fashionfine_1_tiny.yaml CONFIG2=configs/blip/retrieval_fashionfine_2_tiny.yaml \
   OUTPUT_DIR1=$OUT/blip_stage1 OUTPUT_DIR2=$OUT/blip_stage2 CHECKPOINT="" \
-  bash fashionfine_blip.sh --set train.progress_bar=false
+  bash fashionfine_blip.sh --overwrite --set train.progress_bar=false
 
 echo "== Fashion-FINE on BLIP: evaluation on the test split (published top-k full protocol + sampled protocol)"
 CONFIG=configs/blip/retrieval_fashionfine_eval_tiny.yaml OUTPUT_DIR=$OUT/blip_eval \

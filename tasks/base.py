@@ -18,8 +18,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from engine.config import ConfigError
 from engine.distributed import DistInfo
 from engine.logger import get_logger
+from engine.run_folder import RunFiles
 from engine.sections import RuntimeConfig, TrainConfig
 from engine.trainer import BEST, LAST
 from models.released import check_weights_exist
@@ -35,7 +37,9 @@ class RunRequest:
     checkpoint: str | None = None  # evaluate: the weights to report; train: the initial weights
     resume: str | None = None  # continue exactly from a checkpoint this framework wrote
     strict: bool = True  # evaluation loads every weight (ASEN++ --allow-partial relaxes it)
+    overwrite: bool = False  # a new training run may replace another run's files in the folder (--overwrite)
     options: dict[str, Any] = field(default_factory=dict)  # task-specific flags (e.g. ASEN++ --embed)
+    notes: list[str] = field(default_factory=list)  # lines to log once the run has started (e.g. resume folder)
 
 
 @dataclass
@@ -109,6 +113,11 @@ class Task(abc.ABC):
     checkpoint_flag: ClassVar[str] = "--checkpoint"  # the flag that names RunRequest.checkpoint (messages)
 
     @classmethod
+    def run_files(cls, cfg: Any) -> RunFiles:
+        """The checkpoint names this task's runs write (engine.run_folder: resume, used-folder check)."""
+        return RunFiles(LAST, BEST)
+
+    @classmethod
     def check_inputs(cls, cfg: Any, request: RunRequest) -> None:
         """The files the run needs, checked before anything is started or built: one line naming a missing
         file and where it comes from. Tasks add their data files."""
@@ -116,6 +125,10 @@ class Task(abc.ABC):
             raise FileNotFoundError(f"evaluation needs the weights to evaluate: pass {cls.checkpoint_flag} <file> "
                                     "(a checkpoint of a training run, or a released one: README, "
                                     "'Released checkpoints')")
+        if request.overwrite and (request.evaluate or request.resume):
+            raise ConfigError("--overwrite starts a new training run in a used folder; it cannot be combined with "
+                              + ("an evaluation, which never removes files" if request.evaluate else
+                                 "--resume, which continues the run in its folder"))
         check_weights_exist(request.checkpoint, cls.checkpoint_flag)
         check_weights_exist(request.resume, "--resume")
 

@@ -22,7 +22,9 @@ from engine.optim import build_optimizer, build_scheduler
 from engine.precision import autocast
 from engine.progress import track
 from engine.run import add_run_arguments
+from engine.run_folder import RunFiles, resolve_resume
 from engine.sections import OptimConfig, RuntimeConfig, ScheduleConfig
+from engine.trainer import BEST, LAST
 from tasks.base import RunRequest, Task, TrainingPlan
 from tasks.compat import CompatConfig
 from tasks.published_flags import PublishedFlag, add_published_flags
@@ -111,8 +113,18 @@ class FineTask(Task):
 
     @classmethod
     def make_request(cls, args: argparse.Namespace, cfg: Any) -> RunRequest:
-        return RunRequest(output_folder(cfg, args.output_dir, args.evaluate), evaluate=args.evaluate,
-                          checkpoint=args.checkpoint or cfg.checkpoint, resume=args.resume)
+        """The run's folder, weights and `--resume` (auto / a folder / a file: continued in its own folder)."""
+        folder = output_folder(cfg, args.output_dir, args.evaluate)
+        checkpoint = args.checkpoint or cfg.checkpoint
+        if args.evaluate:
+            return RunRequest(folder, evaluate=True, checkpoint=checkpoint, overwrite=args.overwrite)
+        resume = resolve_resume(args.resume, folder, cls.run_files(cfg).last, folder_given=bool(args.output_dir))
+        return RunRequest(resume.folder, checkpoint=checkpoint, resume=resume.checkpoint, overwrite=args.overwrite,
+                          notes=resume.notes)
+
+    @classmethod
+    def run_files(cls, cfg: Any) -> RunFiles:
+        return RunFiles(LAST, BEST, cfg.train.epoch_checkpoint_name)
 
     @classmethod
     def runtime(cls, cfg: Any) -> RuntimeConfig:

@@ -12,6 +12,7 @@ from engine.config import config_from_args, config_to_dict
 from engine.logger import get_logger
 from engine.precision import resolve_precision
 from engine.run import start_run
+from engine.run_folder import RunFolder
 from engine.tracking import Tracker, check_report_to
 from engine.trainer import FitResult, Trainer
 from models.weights import load_weights
@@ -32,11 +33,15 @@ def run(task_cls: type[Task], cfg: Any, request: RunRequest) -> int:
     """Run a task on a validated config."""
     task_cls.check_inputs(cfg, request)
     check_report_to(request.options.get("report_to") or ())  # a missing tracker package: before anything starts
-    info = start_run(task_cls.runtime(cfg), request.output_dir, cfg)
-    context = RunContext(info, request.output_dir, resolve_precision(task_cls.train_precision(cfg), info.device))
-    task = task_cls(cfg, context, request)
-    tracker = make_tracker(task, request)  # before anything is built: a missing tracker package fails first
+    folder = run_folder(task_cls, cfg, request)
+    tracker = None
     try:
+        info = start_run(task_cls.runtime(cfg), request.output_dir, cfg, folder=folder)
+        for note in request.notes:
+            get_logger().info(note)
+        context = RunContext(info, request.output_dir, resolve_precision(task_cls.train_precision(cfg), info.device))
+        task = task_cls(cfg, context, request)
+        tracker = make_tracker(task, request)  # before anything is built: a missing tracker package fails first
         model = task.build_model()
         if not request.evaluate:
             task.check_training()
@@ -46,7 +51,17 @@ def run(task_cls: type[Task], cfg: Any, request: RunRequest) -> int:
         train(task, model, final, request, tracker)
         return 0
     finally:
-        tracker.close()
+        if tracker is not None:
+            tracker.close()
+        folder.close()
+
+
+def run_folder(task_cls: type[Task], cfg: Any, request: RunRequest) -> RunFolder:
+    """What the run asks of its output folder (locked for the run's life; a new training run needs an unused
+    folder or --overwrite, which never removes the run's own --checkpoint)."""
+    return RunFolder(Path(request.output_dir), task_cls.run_files(cfg), training=not request.evaluate,
+                     resumed=bool(request.resume), overwrite=request.overwrite,
+                     keep=tuple(p for p in (request.checkpoint,) if p))
 
 
 def make_tracker(task: Task, request: RunRequest) -> Tracker:
@@ -98,7 +113,7 @@ def train(task: Task, model: Any, final: Any, request: RunRequest, tracker: Trac
     if result.interrupted:
         return result
     last, best = (Path(run.output_dir) / name for name in plan.checkpoint_names)
-    chosen = best if best.is_file() else last
+    chosen = best if result.best_epoch is not None and best.is_file() else last  # never another run's best
     load_weights(trainer.module, chosen, family=task.weight_family, strict=True)
     name = getattr(select, "name", None)
     get_logger().info("final evaluation of %s (selected on %s, epoch %s)", chosen, name or "-", result.best_epoch)
