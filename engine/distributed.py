@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from engine import heartbeat
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,13 @@ def _env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
-def init_distributed(device: str = "auto", backend: str = "auto", timeout_minutes: int = 30) -> DistInfo:
-    """Initialise torch.distributed from the environment (if launched) and pick this rank's device.
+def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: float = 1800) -> DistInfo:
+    """Initialise torch.distributed from the environment (if launched) and pick this rank's device; start the
+    rank's heartbeat thread (engine.heartbeat) in multi-process runs and in any worker started by torchrun.
 
     `device`: `auto` (CUDA if available, else CPU), `cpu` or `cuda`. `backend`: `auto` (NCCL with CUDA,
-    gloo on CPU), `nccl` or `gloo`.
+    gloo on CPU), `nccl` or `gloo`. `timeout_s`: how long a collective waits for the other ranks
+    (runtime.dist_timeout_s).
     """
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)
@@ -67,9 +72,14 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_minute
                 init_method="env://",
                 rank=rank,
                 world_size=world_size,
-                timeout=datetime.timedelta(minutes=timeout_minutes),
+                timeout=datetime.timedelta(seconds=timeout_s),
                 **kwargs,
             )
+    under_torchrun = bool(os.environ.get("TORCHELASTIC_RUN_ID"))
+    current = heartbeat.current()
+    if (world_size > 1 or under_torchrun) and (current is None or current.rank != rank):
+        store = default_store() if world_size > 1 else None
+        heartbeat.start(rank, world_size, store, watch_parent=under_torchrun)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, backend=chosen_backend)
 
 
@@ -95,9 +105,60 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Destroy the process group at the end of a run (no-op without one)."""
+    """Destroy the process group at the end of a run (no-op without one); stop the heartbeat."""
+    heartbeat.stop()
     if is_dist():
         dist.destroy_process_group()
+
+
+def default_store() -> object | None:
+    """The default process group's key-value store (None when there is none)."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (RuntimeError, ValueError, AttributeError):
+        return None
+
+
+def max_over_ranks(values: Sequence[float], device: torch.device) -> list[float]:
+    """The element-wise maximum of `values` over every rank: one small all-reduce, so every rank takes the same
+    decision (the values unchanged without a process group)."""
+    if not is_dist():
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+_COLLECTIVE_HINTS = ("gloo", "nccl", "connection closed by peer", "connection reset by peer", "broken pipe")
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """A failed or timed-out collective of an initialised process group (gloo raises plain RuntimeErrors)."""
+    if not is_dist():
+        return False
+    if isinstance(exc, dist.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and any(h in str(exc).lower() for h in _COLLECTIVE_HINTS)
+
+
+def lost_ranks(exc: BaseException) -> str:
+    """What a failed collective says about the other ranks, from their heartbeats in the store: 'lost rank 1
+    (last heartbeat at step 7): it stopped heartbeating and the collective failed (<reason>)', or why the
+    silent ranks are unknown."""
+    reason = " ".join(str(exc).split()).split("] ", 1)[-1]  # gloo prefixes its source location
+    reason = reason.split(". ")[0][:160]
+    beat = heartbeat.current()
+    found = beat.silent_ranks() if beat is not None and beat.store is not None else None
+    if found is None:
+        return f"a collective failed ({reason}) and the rendezvous store does not answer (its host, rank 0 or the " \
+               "launcher, is gone)"
+    silent, last = found
+    if not silent:
+        return f"a collective failed ({reason}) while every rank was still alive (heartbeating)"
+    named = ", ".join(f"rank {r} (last heartbeat at step {last[r][0]})" if r in last else f"rank {r} (no heartbeat)"
+                      for r in silent)
+    return f"lost {named}: {'it' if len(silent) == 1 else 'they'} stopped heartbeating and the collective " \
+           f"failed ({reason})"
 
 
 @torch.no_grad()

@@ -10,3 +10,7 @@ class DataError(ValueError):
 class RunError(RuntimeError):
     """A run cannot go on (an unusable checkpoint, a full disk, diverged training, a lost rank, a used output
     folder); the message says what happened, what is intact and what to do."""
+
+
+class NonFiniteError(RunError):
+    """Training produced NaN or infinite numbers (a loss, a gradient, similarities): the run diverged."""

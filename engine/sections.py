@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from engine.config import field
+from engine.config import ConfigError, field
 
 
 @dataclass
@@ -90,6 +90,9 @@ class TrainConfig:
     select_mode: Literal["max", "min"] = field("max", "whether a higher or lower select_metric is better")
     patience: int | None = field(None, "stop after this many evaluations without improvement")
     stop_after_steps: int | None = field(None, "write a checkpoint and stop after this many steps (testing)")
+    skip_nonfinite_steps: int = field(
+        0, "optimizer steps with a NaN/inf loss or gradient norm that may be skipped over the whole run (each "
+           "logged; counted in the train records and checkpoints); one more stops the run (0 = stop at the first)")
     schedule_epochs: int | None = field(
         None, "epochs the lr schedule spans (null = train.epochs); the loop still stops after train.epochs")
     find_unused_parameters: bool = field(False, "DDP find_unused_parameters")
@@ -105,7 +108,7 @@ class TrainConfig:
             raise ValueError("train.epochs must be >= 1")
         if self.log_every < 1:
             raise ValueError("train.log_every must be >= 1")
-        for name in ("eval_every", "checkpoint_every"):
+        for name in ("eval_every", "checkpoint_every", "skip_nonfinite_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0 (0 = never), got {getattr(self, name)}")
         for name in ("patience", "stop_after_steps"):
@@ -132,9 +135,25 @@ class RuntimeConfig:
     deterministic: bool = field(False, "torch deterministic algorithms (slower; for bit-exact checks)")
     cpu_threads: int | None = field(
         None, "intra-op threads on CPU; null = cores per process minus data-loader workers (at least 1)")
+    dist_timeout_s: int = field(
+        1800, "seconds a collective waits for the other ranks before the run stops and names the rank(s) that "
+              "stopped responding (multi-process runs; 30 min as published)")
 
     def validate(self) -> None:
+        if self.dist_timeout_s < 1:
+            raise ValueError(f"runtime.dist_timeout_s must be >= 1, got {self.dist_timeout_s}")
         if self.num_workers < 0:
             raise ValueError(f"runtime.num_workers must be >= 0 (0 = load in the main process), got {self.num_workers}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"runtime.cpu_threads must be >= 1 or null, got {self.cpu_threads}")
+
+
+def require_device(device: str, key: str = "runtime.device") -> None:
+    """A run asking for CUDA (config `key`) on a machine without it: one ConfigError before anything starts."""
+    if device != "cuda":
+        return
+    import torch  # here, so that reading a config does not need torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key} is 'cuda' but CUDA is not available on this machine (torch "
+                          f"{torch.__version__}, torch.cuda.is_available() is False); set {key}=auto or cpu")

@@ -4,6 +4,11 @@ A task model's `forward(batch, ctx)` returns a dict of named scalar losses; the 
 them, runs backward under the configured precision, clips, steps optimizer and schedule, logs every loss
 by name, evaluates, selects `checkpoint_best.pth`, and writes resumable checkpoints. Every record (train,
 train_epoch, eval) goes to the run's metric sink (engine.tracking: log.jsonl, TensorBoard, W&B).
+
+Faults: a NaN/inf loss or gradient norm is caught in the step where it appears, before anything is saved
+(skipped up to `train.skip_nonfinite_steps` times, else `NonFiniteError`); SIGTERM/SIGINT stop every rank
+after the current step with a checkpoint (engine.signals); a failed or timed-out collective ends as one
+`RunError` naming the rank(s) that stopped heartbeating (engine.heartbeat). Every rank takes the same decision.
 """
 
 from __future__ import annotations
@@ -20,15 +25,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from engine import distributed as du
-from engine.atomic import torch_save
-from engine.checkpoint import is_training_checkpoint, load_file, training_state, unwrap
+from engine import heartbeat
+from engine.checkpoint import (
+    is_training_checkpoint,
+    load_resumable,
+    nonfinite_tensors,
+    save_checkpoint,
+    training_state,
+    unwrap,
+)
 from engine.data import TrainLoader, move_to_device
 from engine.distributed import DistInfo
+from engine.errors import NonFiniteError, RunError
 from engine.logger import MetricLogger, get_logger
 from engine.precision import autocast, make_grad_scaler, resolve_precision
 from engine.progress import Progress
+from engine.resume_check import check_resume_config, check_world_size
 from engine.sections import TrainConfig
 from engine.seeding import capture_rng_state, restore_rng_state
+from engine.signals import Interrupted, StopRequests, signal_name
 from engine.tracking import Tracker
 
 LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
@@ -92,6 +107,9 @@ class Trainer:
         self.scaler = make_grad_scaler(self.precision, dist_info.device)
         self.model = self._wrap(model.to(dist_info.device))
         self.epoch, self.iter_in_epoch, self.global_step = 0, 0, 0
+        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient norm (train.skip_nonfinite_steps)
+        self.stop_requests = StopRequests()  # SIGTERM/SIGINT during fit
+        self._stop_signum = 0  # the signal any rank received, as agreed in the last step's exchange (0 = none)
         self.best: dict[str, Any] = {"metric": None, "epoch": None, "bad_evals": 0}
         self.last_metrics: dict[str, float] = {}
         self.log = get_logger()
@@ -120,23 +138,29 @@ class Trainer:
             self.model, self.optimizer, self.scheduler, self.scaler,
             epoch=self.epoch, iter_in_epoch=self.iter_in_epoch, global_step=self.global_step,
             config=self.config_dict, rng=capture_rng_state(), best=dict(self.best),
+            extra={"world_size": self.dist.world_size, "skipped_steps": self.skipped_steps},
         )
 
     def save(self, name: str) -> Path | None:
-        """Write a checkpoint from rank 0 (atomic); every rank waits for it."""
+        """Write a checkpoint from rank 0 (sealed, atomic; engine.checkpoint.save_checkpoint); every rank waits."""
         path = None
         if self.dist.is_main:
-            path = torch_save(self.output_dir / name, self.state())
+            path = save_checkpoint(self.output_dir / name, self.state())
         du.barrier()
         return path
 
     def resume(self, path: str | Path) -> None:
-        """Continue exactly from a checkpoint written by this trainer (model, optimizer, schedule, RNG, position)."""
-        obj = load_file(path)
+        """Continue exactly from a checkpoint written by this trainer (model, optimizer, schedule, RNG, position,
+        skipped-step count). A changed config key that would not take effect, or another world size, is refused
+        (engine.resume_check)."""
+        obj = load_resumable(path, self.module, self.optimizer)  # one line for an unusable file
         if not is_training_checkpoint(obj):
             raise RuntimeError(
                 f"{path} is not a resumable training checkpoint of this framework (no optimizer/RNG state); "
                 "use it to initialise weights instead (--checkpoint)")
+        extra = obj.get("extra") or {}
+        check_world_size(extra.get("world_size"), self.dist.world_size, path)
+        changed = check_resume_config(obj.get("config", {}), self.config_dict, path)
         self.module.load_state_dict(obj["model"], strict=True)
         self.optimizer.load_state_dict(obj["optimizer"])
         if self.scheduler is not None and obj["scheduler"] is not None:
@@ -145,11 +169,11 @@ class Trainer:
             self.scaler.load_state_dict(obj["scaler"])
         self.epoch, self.iter_in_epoch, self.global_step = obj["epoch"], obj["iter_in_epoch"], obj["global_step"]
         self.best = dict(obj["best"]) or self.best
+        self.skipped_steps = int(extra.get("skipped_steps", 0))
         restore_rng_state(obj["rng"])
         self.tracker.resume_at(self.global_step)
-        changed = _diff_keys(obj.get("config", {}), self.config_dict)
         if changed:
-            self.log.warning("resuming with a changed config: %s", ", ".join(changed[:20]))
+            self.log.info("resuming with changed settings that take effect: %s", ", ".join(changed[:20]))
         self.log.info("resumed from %s at epoch %d, iteration %d (step %d)", path, self.epoch,
                       self.iter_in_epoch, self.global_step)
 
@@ -161,35 +185,113 @@ class Trainer:
                            f"model losses: {sorted(losses)}")
         return sum(self.loss_weights.get(name, 1.0) * value for name, value in losses.items())
 
-    def train_step(self, batch: Any, ctx: StepContext) -> dict[str, float]:
-        """Forward, backward, clip and optimizer step for one batch; returns the logged scalars."""
+    def train_step(self, batch: Any, ctx: StepContext) -> dict[str, float] | None:
+        """Forward, backward, clip and optimizer step for one batch; returns the logged scalars, or None for a
+        step skipped for a non-finite loss or gradient norm (train.skip_nonfinite_steps; beyond it
+        `NonFiniteError`). In DDP one small all-reduce after the forward shares the non-finite and stop flags,
+        and the gradient norm is taken after the all-reduced backward, so every rank decides alike."""
         self.model.train()
         batch = move_to_device(batch, self.dist.device)
-        with autocast(self.precision, self.dist.device):
-            losses = self.model(batch, ctx)
-        total = self._total_loss({k: v.float() for k, v in losses.items()})
-        if not torch.isfinite(total):
-            values = {k: float(v) for k, v in losses.items()}
-            raise FloatingPointError(f"non-finite loss at epoch {ctx.epoch} step {ctx.global_step}: {values}")
         self.optimizer.zero_grad(set_to_none=True)
+        losses: dict[str, torch.Tensor] = {}
+        total, failure = None, None
+        try:
+            with autocast(self.precision, self.dist.device):
+                losses = self.model(batch, ctx)
+        except NonFiniteError as exc:  # e.g. non-finite similarities before hard-negative sampling
+            failure = str(exc).split(":")[0]
+        if failure is None:
+            total = self._total_loss({k: v.float() for k, v in losses.items()})
+            if not bool(torch.isfinite(total)):
+                failure = "non-finite loss"
+        bad, signum = du.max_over_ranks([failure is not None, self.stop_requests.signum or 0], self.dist.device)
+        self._stop_signum = int(signum)
+        if bad:
+            return self._bad_step(ctx, failure or "non-finite loss on another rank", losses, total, None)
         self.scaler.scale(total).backward()
-        logged = {name: float(value.detach()) for name, value in losses.items()}
-        logged["loss"] = float(total.detach())
-        if self.cfg.clip_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-            logged["grad_norm"] = float(grad_norm)
+        # The gradient norm is always taken (max_norm inf = no clipping: the gradients are multiplied by 1.0).
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.clip_grad_norm if self.cfg.clip_grad_norm is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            # fp16: an overflowed gradient is the GradScaler's to handle (it skips the step and lowers the scale)
+            return self._bad_step(ctx, "non-finite gradient norm", losses, total, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.schedule_interval == "step" and self.scheduler is not None:
             self.scheduler.step()
+        logged = {name: float(value.detach()) for name, value in losses.items()}
+        logged["loss"] = float(total.detach())
+        if self.cfg.clip_grad_norm is not None:  # logged with clipping, as before (always computed)
+            logged["grad_norm"] = grad_norm
         return logged
 
+    def _bad_step(self, ctx: StepContext, what: str, losses: dict[str, torch.Tensor], total: torch.Tensor | None,
+                  grad_norm: float | None) -> None:
+        """Skip a step with a non-finite loss or gradient norm (no optimizer step, gradients dropped), or stop the
+        run when the allowance is used up; nothing is saved either way."""
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = [f"{k} {float(v.detach()):.4g}" for k, v in losses.items()]
+        if total is not None:
+            terms.append(f"total {float(total.detach()):.4g}")
+        if grad_norm is not None:
+            terms.append(f"grad_norm {grad_norm:.4g}")
+        where = (f"epoch {ctx.epoch}, step {ctx.global_step + 1} (iteration {ctx.iter_in_epoch + 1}/"
+                 f"{ctx.iters_per_epoch})")
+        values = f" ({', '.join(terms)})" if terms else ""
+        allowed = self.cfg.skip_nonfinite_steps
+        # A forward that wrote NaN/inf into the model (BatchNorm statistics, feature queues, momentum encoders)
+        # cannot be undone by skipping the update: stop then (every rank alike: the flag is shared).
+        spoiled = nonfinite_tensors(self.module.state_dict()) if self.skipped_steps < allowed else []
+        note = ""
+        if self.skipped_steps < allowed and du.max_over_ranks([bool(spoiled)], self.dist.device)[0]:
+            first = spoiled[0] if spoiled else "on another rank"
+            note = f"; the forward left non-finite values in the model ({first}), which skipping the step cannot undo"
+        elif self.skipped_steps < allowed:
+            self.skipped_steps += 1
+            self.log.warning("skipping %s: %s%s; %d of %d allowed non-finite steps skipped", where, what, values,
+                             self.skipped_steps, allowed)
+            if self.schedule_interval == "step" and self.scheduler is not None:
+                self.scheduler.step()  # the schedule stays aligned with the step count
+            return None
+        last = self.output_dir / self.last_name
+        intact = (f"nothing was saved after it: the last checkpoint on disk, {last}, is intact" if last.is_file()
+                  else "nothing was saved (no checkpoint had been written yet)")
+        skipped = f"{self.skipped_steps} non-finite step(s) skipped before; " if self.skipped_steps else ""
+        advice = "lower the learning rate" + ("" if note else ", or allow skipping such steps "
+                                              f"(train.skip_nonfinite_steps, ASEN++ SOLVER.SKIP_NONFINITE_STEPS; "
+                                              f"currently {allowed})")
+        raise NonFiniteError(f"training diverged at {where}: {what}{values}{note}; {skipped}{intact}; {advice}")
+
     def fit(self) -> FitResult:
-        """Train from the current position to `cfg.epochs`; returns the selection summary."""
+        """Train from the current position to `cfg.epochs`; returns the selection summary.
+
+        SIGTERM/SIGINT (handlers installed for the duration of fit only) stop every rank after the current
+        step; the last checkpoint is written and `engine.signals.Interrupted` raised (the entry point exits with
+        128 + signal). A failed or timed-out collective raises one `RunError` naming the silent rank(s)."""
+        self.stop_requests = StopRequests()
+        with self.stop_requests:
+            try:
+                return self._fit()
+            except (Interrupted, RunError):
+                raise
+            except Exception as exc:
+                if not du.is_collective_failure(exc):
+                    raise
+                message = self._lost_rank_message(exc)
+                raise RunError(message) from None
+
+    def _lost_rank_message(self, exc: BaseException) -> str:
+        last = self.output_dir / self.last_name
+        intact = f"the last checkpoint on disk, {last}, is intact" if last.is_file() else "no checkpoint was written"
+        return (f"rank {self.dist.rank}, epoch {self.epoch}, after step {self.global_step}: {du.lost_ranks(exc)}; "
+                f"{intact}: once every rank is back, resume with --resume {last}")
+
+    def _fit(self) -> FitResult:
         iters = len(self.loader)
         meters = MetricLogger(self.tracker)
         interrupted = stopped_early = False
+        heartbeat.note_step(self.global_step)
         while self.epoch < self.cfg.epochs and not (interrupted or stopped_early):
             self.loader.set_epoch(self.epoch, skip_batches=self.iter_in_epoch)
             meters.reset()
@@ -201,11 +303,13 @@ class Trainer:
             for batch in self.loader:
                 ctx = StepContext(self.epoch, self.iter_in_epoch, iters, self.global_step)
                 window_samples += batch_size_of(batch, self.loader)
-                logged = self.train_step(batch, ctx)
+                stepped = self.train_step(batch, ctx)
                 self.iter_in_epoch += 1
                 self.global_step += 1
-                logged["lr"] = self.optimizer.param_groups[0]["lr"]
-                meters.update(**logged)
+                heartbeat.note_step(self.global_step)
+                logged = {**(stepped or {}), "lr": self.optimizer.param_groups[0]["lr"]}  # skipped: no losses
+                if stepped is not None:
+                    meters.update(**logged)
                 bar.update(1)
                 if self.global_step % self.cfg.log_every == 0 or self.iter_in_epoch == iters:
                     now = time.perf_counter()
@@ -216,13 +320,18 @@ class Trainer:
                     meters.log(f"epoch {self.epoch} [{self.iter_in_epoch}/{iters}] {rate:.2f} it/s "
                                f"{samples_per_s:.1f} samples/s",
                                {"kind": "train", "epoch": self.epoch, "iter": self.iter_in_epoch,
-                                "step": self.global_step, **logged, "samples_per_s": samples_per_s})
+                                "step": self.global_step, **logged, "samples_per_s": samples_per_s,
+                                "skipped_steps": self.skipped_steps})
+                if self._stop_signum:
+                    break
                 if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
                     self.save(self.last_name)
                 if self.cfg.stop_after_steps is not None and self.global_step >= self.cfg.stop_after_steps:
                     interrupted = True
                     break
             bar.close()
+            if self._stop_signum:  # a signal: checkpoint where we are (a finished epoch ends on resume)
+                self._stop_on_signal(self.save(self.last_name))
             if interrupted:
                 if self.iter_in_epoch == iters:
                     self._end_epoch(meters)
@@ -231,11 +340,27 @@ class Trainer:
                               self.global_step, self.output_dir / self.last_name)
                 break
             stopped_early = self._end_epoch(meters)
+            # A signal during the evaluation: the epoch's checkpoint is written, stop here.
+            self._stop_signum = int(du.max_over_ranks([self.stop_requests.signum or 0], self.dist.device)[0])
+            if self._stop_signum:
+                self._stop_on_signal(self.output_dir / self.last_name)
         self.tracker.flush()
         if self.owns_tracker:
             self.tracker.close()
         return FitResult(self.last_metrics, self.best["metric"], self.best["epoch"], self.global_step,
                          interrupted, stopped_early)
+
+    def _stop_on_signal(self, path: Path | None) -> None:
+        """Raise `Interrupted` after the checkpoint of a stop request (every rank; rank 0 prints the line)."""
+        path = path or self.output_dir / self.last_name
+        self.tracker.flush()
+        if self.owns_tracker:
+            self.tracker.close()
+        signum = self._stop_signum  # the highest signal number any rank received
+        by = signal_name(signum) + ("" if self.stop_requests.requested else " (sent to another rank)")
+        raise Interrupted(f"stopped by {by} at epoch {self.epoch}, iteration {self.iter_in_epoch}/"
+                          f"{len(self.loader)} (step {self.global_step}); checkpoint written: {path}; continue "
+                          f"with --resume {path}", signum, report=self.dist.is_main)
 
     def _end_epoch(self, meters: MetricLogger) -> bool:
         """Epoch bookkeeping: schedule tick, evaluation, selection, checkpoints. Returns True to stop early."""
@@ -299,12 +424,3 @@ def _leading_dim(batch: Any) -> int | None:
         if rows is not None:
             return rows
     return None
-
-
-def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out.extend(_diff_keys(old.get(key), new.get(key), f"{prefix}{key}."))
-        return out
-    return [] if old == new else [prefix.rstrip(".")]

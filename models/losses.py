@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import NonFiniteError
+
 
 def positive_targets(idx: torch.Tensor, idx_bank: torch.Tensor) -> torch.Tensor:
     """`y_ij = 1[idx_i == bank_j] / #positives_i` (B, K): uniform over every same-label column."""
@@ -45,11 +47,15 @@ def symbol_loss(symbol_feat: torch.Tensor, image_feat: torch.Tensor) -> torch.Te
 def hard_negative_weights(sim: torch.Tensor, same: torch.Tensor | None = None, self_offset: int = 0) -> torch.Tensor:
     """Sampling weights over candidates: softmax of the similarities with each row's own column excluded
     (and, when `same` is given, every same-product pair excluded); a row with no admissible candidate
-    falls back to uniform over the other columns.
+    falls back to uniform over the other columns. Non-finite similarities (diverged weights) raise
+    `engine.errors.NonFiniteError`.
 
     `sim` is `(B, C)`: the in-batch block (C = B, own column i) or, for negatives gathered from every rank
     (BLIP), all ranks' batches (C = B * world size, own column `self_offset + i`).
     """
+    if not bool(torch.isfinite(sim).all()):
+        raise NonFiniteError("non-finite similarities (NaN or inf) before hard-negative sampling: the model's "
+                             "weights diverged (learning rate too high?)")
     b, c = sim.shape
     rows = torch.arange(b, device=sim.device)
     own = torch.zeros(b, c, dtype=torch.bool, device=sim.device)

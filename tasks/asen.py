@@ -14,17 +14,32 @@ import torch
 from torch import nn
 
 from datasets.asen import AsenImages, TripletBatchSampler, collate, load_train_index, schema_from_config
-from engine.checkpoint import is_training_checkpoint
-from engine.config import ConfigError, add_config_arguments
+from engine.checkpoint import CheckpointError, is_training_checkpoint
+from engine.config import ConfigError, add_config_arguments, check_select_metric
 from engine.data import TrainLoader
 from engine.logger import get_logger
 from engine.optim import build_optimizer, build_scheduler
-from engine.sections import OptimConfig, ParamGroupRule, RuntimeConfig, ScheduleConfig, TrainConfig
+from engine.run_folder import RunFiles
+from engine.sections import (
+    OptimConfig,
+    ParamGroupRule,
+    RuntimeConfig,
+    ScheduleConfig,
+    TrainConfig,
+    require_device,
+)
 from engine.tracking import add_report_to_argument
 from models.asen import ASENet
 from models.released import check_weights_exist
-from models.weights import apply_backbone_weights, init_backbones, load_weights, read_checkpoint
-from tasks.asen_eval import AsenEvaluator, embed_folder
+from models.weights import (
+    apply_backbone_weights,
+    init_backbones,
+    load_weights,
+    looks_like,
+    read_checkpoint,
+    state_dict_of,
+)
+from tasks.asen_eval import AsenEvaluator, embed_folder, metric_names
 from tasks.asen_schema import AsenConfig
 from tasks.base import RunRequest, Task, TrainingPlan
 
@@ -81,19 +96,35 @@ def loss_weights(cfg: AsenConfig, has_local: bool) -> dict[str, float]:
     return {"global": s.GLOBAL_WEIGHT} | ({"local": s.LOCAL_WEIGHT, "align": s.ALIGN_WEIGHT} if has_local else {})
 
 
-def resume_path(cfg: AsenConfig, value: str | None) -> str:
-    """`--resume` (else RESUME); 'auto' = the run's last checkpoint when there is one."""
+def resume_path(cfg: AsenConfig, value: str | None, notes: list[str] | None = None) -> str:
+    """`--resume` (else RESUME): 'auto' = the run's last checkpoint when there is one (else '': a fresh run), a
+    run folder = its last checkpoint (one-line error without one), else the file as given."""
     value = value if value is not None else cfg.RESUME
     if value == "auto":
         last = Path(cfg.run_dir) / CHECKPOINTS[0]
+        if notes is not None:
+            notes.append(f"resume 'auto': continuing from {last}" if last.is_file() else
+                         f"resume 'auto': no {CHECKPOINTS[0]} in {cfg.run_dir} yet, starting a fresh run")
         return str(last) if last.is_file() else ""
+    if value and Path(value).is_dir():
+        last = Path(value) / CHECKPOINTS[0]
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume {value}: the folder holds no {CHECKPOINTS[0]} to continue from")
+        return str(last)
     return value
 
 
 def same_stage(path: str, cfg: AsenConfig) -> bool:
-    """A resumable checkpoint written by a run with the same branches (then `--resume` continues exactly)."""
+    """A resumable checkpoint written by a run with the same branches (then `--resume` continues exactly). A file
+    of another task's model (e.g. a Fashion-FINE checkpoint) is refused with one line."""
     obj = read_checkpoint(path)
-    local = obj.get("config", {}).get("MODEL", {}).get("LOCAL", {}).get("ENABLE")
+    family, looks = looks_like(state_dict_of(obj, f"--resume {path}")[0])
+    if family != "asen":
+        raise CheckpointError(f"--resume {path}: not an ASEN++ checkpoint; the file looks like {looks} "
+                              "(asen_main.py --resume takes a checkpoint of an ASEN++ run or a published one)")
+    config = obj.get("config")
+    model = config.get("MODEL") if isinstance(config, dict) else None
+    local = model.get("LOCAL", {}).get("ENABLE") if isinstance(model, dict) else None
     return is_training_checkpoint(obj) and local == cfg.MODEL.LOCAL.ENABLE
 
 
@@ -147,6 +178,9 @@ class AsenTask(Task):
                        help="local ImageNet weights: a folder with torchvision's resnet*.pth files, or one file "
                             "per branch")
         p.add_argument("--allow-partial", action="store_true", help="evaluate a checkpoint lacking some weights")
+        p.add_argument("--overwrite", action="store_true",
+                       help="train in a SAVE_DIR/NAME that holds another run: remove that run's checkpoints, logs "
+                            "and results first (only the files the framework writes)")
         add_report_to_argument(p)
         p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, help=argparse.SUPPRESS)
         return p
@@ -156,21 +190,34 @@ class AsenTask(Task):
         if args.embed and (args.test or not args.attribute):
             raise ConfigError("--embed needs --attribute NAME and cannot be combined with --test")
         apply_backbone_weights(cfg.MODEL, args.backbone_weights)
-        weights = resume_path(cfg, args.resume) or None
+        notes: list[str] = []
+        evaluate = bool(args.test or args.embed)
+        weights = resume_path(cfg, args.resume, None if evaluate else notes) or None
         options = {"test": args.test, "embed": args.embed, "attribute": args.attribute, "out": args.out}
-        if args.test or args.embed:
+        if evaluate:
             if not weights:
                 raise FileNotFoundError("--test/--embed need the checkpoint to evaluate: pass --resume <checkpoint>")
             return RunRequest(Path(cfg.run_dir), evaluate=True, checkpoint=weights, strict=not args.allow_partial,
-                              options=options)
+                              overwrite=args.overwrite, options=options)
         check_weights_exist(weights, "--resume")  # same_stage reads it
         exact = weights if weights and same_stage(weights, cfg) else None
-        return RunRequest(Path(cfg.run_dir), checkpoint=None if exact else weights, resume=exact, options=options)
+        folder = Path(cfg.run_dir)
+        if exact and not Path(exact).parent.resolve() == folder.resolve():  # a run continues in its own folder
+            notes.append(f"--resume {exact}: the run continues in its own folder {Path(exact).parent} (not "
+                         f"SAVE_DIR/NAME {folder})")
+            folder = Path(exact).parent
+        return RunRequest(folder, checkpoint=None if exact else weights, resume=exact, overwrite=args.overwrite,
+                          options=options, notes=notes)
+
+    @classmethod
+    def run_files(cls, cfg: AsenConfig) -> RunFiles:
+        return RunFiles(*CHECKPOINTS, folder_hint="another SAVE_DIR or NAME")
 
     @classmethod
     def runtime(cls, cfg: AsenConfig) -> RuntimeConfig:
         return RuntimeConfig(device=cfg.DEVICE, dist_backend=cfg.DIST.BACKEND, seed=cfg.SEED,
-                             num_workers=cfg.DATA.NUM_WORKERS, cpu_threads=cfg.CPU_THREADS)
+                             num_workers=cfg.DATA.NUM_WORKERS, cpu_threads=cfg.CPU_THREADS,
+                             dist_timeout_s=cfg.DIST.TIMEOUT_S)
 
     @classmethod
     def train_precision(cls, cfg: AsenConfig) -> str:
@@ -207,12 +254,21 @@ class AsenTask(Task):
                                      "share")
         return model
 
+    @classmethod
+    def check_inputs(cls, cfg: AsenConfig, request: RunRequest) -> None:
+        """DEVICE (from the config alone), then the weights."""
+        require_device(cfg.DEVICE, "DEVICE")
+        super().check_inputs(cfg, request)
+
     def check_training(self) -> None:
-        """The training files are read (and checked) before anything else."""
+        """The selection metric is one the MAP evaluation returns; the training files are read (and checked)
+        before anything else."""
+        check_select_metric(self.training().train.select_metric, metric_names(self.schema_of_data),
+                            "the ASEN++ MAP evaluation")
         _ = self.train_index
 
     def final_report(self) -> MapReport | EmbedReport:
-        opts, out, run_dir = self.request.options, self.request.options.get("out"), Path(self.cfg.run_dir)
+        opts, out, run_dir = self.request.options, self.request.options.get("out"), Path(self.run.output_dir)
         if opts.get("embed"):
             return EmbedReport(self, opts["embed"], opts["attribute"], Path(out or run_dir / "embeddings.npz"))
         evaluator = AsenEvaluator(self.cfg, self.schema_of_data, opts.get("test") or "test", self.run.info,
@@ -254,5 +310,6 @@ class AsenTask(Task):
         train = TrainConfig(epochs=s.EPOCHS, precision=self.run.precision, log_every=s.LOG_PERIOD,
                             eval_every=s.EVAL_STEPS, checkpoint_every=cfg.CKPT.EVERY_ITERS,
                             stop_after_steps=cfg.CKPT.STOP_AFTER_STEPS, select_metric="map",
-                            progress_bar=cfg.LOGGER.PROGRESS_BAR, report_to=list(cfg.LOGGER.REPORT_TO))
+                            progress_bar=cfg.LOGGER.PROGRESS_BAR, report_to=list(cfg.LOGGER.REPORT_TO),
+                            skip_nonfinite_steps=s.SKIP_NONFINITE_STEPS)
         return TrainingPlan(train, loss_weights(cfg, cfg.MODEL.LOCAL.ENABLE), "epoch", CHECKPOINTS)

@@ -73,7 +73,8 @@ class DataConfig:
         False, "sample positives only from values with >= 2 training images and negatives from non-empty "
         "values, instead of failing at start-up (not faithful)")
     CHECK_IMAGES: Literal["all", "sample", "none"] = field(
-        "sample", "check that referenced image files exist: all, a fixed sample of 1000, or none")
+        "sample", "check the referenced image files before training or evaluating: all (each one exists and "
+        "decodes), sample (a fixed sample of 1000 exists), or none")
 
     def validate(self) -> None:
         if self.NUM_TRIPLETS < 1 or self.TRAIN_BATCHSIZE < 1 or self.TEST_BATCHSIZE < 1:
@@ -104,8 +105,13 @@ class SolverConfig:
     GLOBAL_WEIGHT: float = field(1.0, "w_g, global triplet loss weight")
     MARGIN: float = field(0.2, "triplet margin on cosine similarity")
     BETA: float = field(0.6, "test-time fusion weight of the global embedding")
+    SKIP_NONFINITE_STEPS: int = field(
+        0, "optimizer steps with a NaN/inf loss or gradient norm that may be skipped over the whole run (each "
+           "logged; counted in the train records and checkpoints); one more stops the run (0 = stop at the first)")
 
     def validate(self) -> None:
+        if self.SKIP_NONFINITE_STEPS < 0:
+            raise ValueError(f"SOLVER.SKIP_NONFINITE_STEPS must be >= 0, got {self.SKIP_NONFINITE_STEPS}")
         if self.EPOCHS < 1 or self.STEP_SIZE < 1 or self.EVAL_STEPS < 0 or self.LOG_PERIOD < 1:
             raise ValueError("SOLVER.EPOCHS, STEP_SIZE, LOG_PERIOD must be >= 1 and EVAL_STEPS >= 0")
         if not 0.0 <= self.BETA <= 1.0:
@@ -134,6 +140,13 @@ class DistConfig:
         "global", "global: TRAIN_BATCHSIZE triplets per step split over ranks (faithful); "
         "per_rank: TRAIN_BATCHSIZE per rank, fewer steps per epoch (faster, not faithful)")
     SYNC_BN: bool = field(True, "SyncBatchNorm under DDP on CUDA, so BN sees each whole triplet part")
+    TIMEOUT_S: int = field(
+        1800, "seconds a collective waits for the other ranks before the run stops and names the rank(s) that "
+              "stopped responding (30 min as published)")
+
+    def validate(self) -> None:
+        if self.TIMEOUT_S < 1:
+            raise ValueError(f"DIST.TIMEOUT_S must be >= 1, got {self.TIMEOUT_S}")
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """Run under a launcher with 2 processes: collectives and a few training steps through the engine.
 
 Each rank writes `<out>/rank<r>.json` with what it observed; tests/test_distributed.py compares them.
+
+`ddp_probe.py OUT train EPOCHS DELAY_S TIMEOUT_S`: instead, train the toy task into OUT through
+`engine.run.run_main` (its exit statuses and one-line errors), each item fetch slowed by DELAY_S so that a
+test can signal, stop or kill a rank mid-training (tests/test_fault_training.py); any launcher or none.
 """
 
 from __future__ import annotations
@@ -39,5 +43,31 @@ def main() -> None:
     du.cleanup()
 
 
+def train(out: Path, epochs: int, delay: float, timeout_s: float) -> None:
+    """The toy training of tests.engine_toy.run_toy (same numbers), slowed down, under run_main."""
+    import time
+
+    import tests.engine_toy as toy
+    from engine.run import run_main
+
+    fetch = toy.NoisyRegression.__getitem__
+
+    def slow(self: toy.NoisyRegression, index: int) -> dict:
+        time.sleep(delay)
+        return fetch(self, index)
+
+    toy.NoisyRegression.__getitem__ = slow  # type: ignore[method-assign]
+
+    def run(argv: list[str] | None) -> int:
+        init_distributed("cpu", timeout_s=timeout_s)
+        run_toy(out, epochs=epochs)
+        return 0
+
+    run_main(run)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2 and sys.argv[2] == "train":
+        train(Path(sys.argv[1]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+    else:
+        main()

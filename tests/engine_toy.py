@@ -44,8 +44,11 @@ class ToyModel(nn.Module):
 
 
 def run_toy(output_dir, *, epochs: int = 3, stop_after_steps: int | None = None, resume: str | None = None,
-            num_workers: int = 0, batch_size: int = 8, seed: int = 5, evaluate: bool = True):
-    """Train the toy task through the real engine pieces; returns (trainer, fit result)."""
+            num_workers: int = 0, batch_size: int = 8, seed: int = 5, evaluate: bool = True,
+            model: nn.Module | None = None, lr: float = 1e-2, train: dict | None = None,
+            config: dict | None = None):
+    """Train the toy task through the real engine pieces; returns (trainer, fit result). `model`, `lr`, `train`
+    (TrainConfig overrides) and `config` (extra recorded config keys) vary the run for fault tests."""
     from engine.data import EpochSampler, TrainLoader
     from engine.distributed import init_distributed
     from engine.logger import setup_logging
@@ -61,13 +64,13 @@ def run_toy(output_dir, *, epochs: int = 3, stop_after_steps: int | None = None,
     sampler = EpochSampler(len(dataset), shuffle=True, seed=seed, rank=info.rank, world_size=info.world_size)
     loader = TrainLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, seed=seed,
                          rank=info.rank)
-    model = ToyModel()
-    optim_cfg = OptimConfig(lr=1e-2, weight_decay=0.01)
+    model = model if model is not None else ToyModel()
+    optim_cfg = OptimConfig(lr=lr, weight_decay=0.01)
     sched_cfg = ScheduleConfig(warmup=3, warmup_lr=1e-3, min_lr=1e-4)
     optimizer = build_optimizer(model, optim_cfg)
     scheduler = build_scheduler(optimizer, sched_cfg, optim_cfg.lr, epochs, len(loader))
     cfg = TrainConfig(epochs=epochs, log_every=4, stop_after_steps=stop_after_steps, clip_grad_norm=1.0,
-                      select_metric="neg_mse" if evaluate else None, progress_bar=False)
+                      select_metric="neg_mse" if evaluate else None, progress_bar=False, **(train or {}))
 
     def evaluate_fn(m, epoch):
         pred = m.net(dataset.x)
@@ -75,7 +78,8 @@ def run_toy(output_dir, *, epochs: int = 3, stop_after_steps: int | None = None,
 
     trainer = Trainer(model, loader, optimizer, scheduler, cfg, info, output_dir,
                       loss_weights={"mse": 1.0, "reg": 0.5}, evaluate=evaluate_fn if evaluate else None,
-                      config_dict={"seed": seed, "stop_after_steps": stop_after_steps})
+                      config_dict={"seed": seed, "optim": {"lr": lr},
+                                   "train": {"stop_after_steps": stop_after_steps, **(train or {})}, **(config or {})})
     if resume:
         trainer.resume(resume)
     return trainer, trainer.fit()
