@@ -43,13 +43,15 @@ def _env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
-def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: float = 1800) -> DistInfo:
+def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: float = 1800,
+                     stall_timeout_s: float = 0) -> DistInfo:
     """Initialise torch.distributed from the environment (if launched) and pick this rank's device; start the
     rank's heartbeat thread (engine.heartbeat) in multi-process runs and in any worker started by torchrun.
 
     `device`: `auto` (CUDA if available, else CPU), `cpu` or `cuda`. `backend`: `auto` (NCCL with CUDA,
     gloo on CPU), `nccl` or `gloo`. `timeout_s`: how long a collective waits for the other ranks
-    (runtime.dist_timeout_s).
+    (runtime.dist_timeout_s). `stall_timeout_s` > 0: stop when another rank's heartbeat has not moved for that
+    long (runtime.stall_timeout_s).
     """
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)
@@ -79,7 +81,7 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: flo
     current = heartbeat.current()
     if (world_size > 1 or under_torchrun) and (current is None or current.rank != rank):
         store = default_store() if world_size > 1 else None
-        heartbeat.start(rank, world_size, store, watch_parent=under_torchrun)
+        heartbeat.start(rank, world_size, store, watch_parent=under_torchrun, stall_after=stall_timeout_s)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, backend=chosen_backend)
 
 

@@ -21,7 +21,7 @@ TAKES_EFFECT_ON_RESUME = frozenset({
     "CKPT.STOP_AFTER_STEPS", "CKPT.EVERY_ITERS", "SOLVER.SKIP_NONFINITE_STEPS", "RESUME",
     # processes, threads, time-outs
     "runtime.num_workers", "runtime.cpu_threads", "runtime.pin_memory", "runtime.dist_timeout_s",
-    "DATA.NUM_WORKERS", "CPU_THREADS", "DIST.TIMEOUT_S",
+    "runtime.stall_timeout_s", "DATA.NUM_WORKERS", "CPU_THREADS", "DIST.TIMEOUT_S", "DIST.STALL_TIMEOUT_S",
     # evaluation batching (same results, other memory use)
     "data.eval_batch_size", "eval.chunk_size", "DATA.TEST_BATCHSIZE", "EVAL.CHUNK_QUERIES", "DATA.CHECK_IMAGES",
     # where the data and the initial weights lie (the weights are replaced by the checkpoint's)

@@ -47,7 +47,7 @@ def start_run(runtime: RuntimeConfig, output_dir: str | Path, config: object | N
               folder: RunFolder | None = None) -> DistInfo:
     """Initialise distribution; claim the output folder (`folder`: rank 0 locks it and checks it before anything
     is written, engine.run_folder); logging (rank 0 to `output_dir/log.txt`), seeds; save the resolved config."""
-    info = init_distributed(runtime.device, runtime.dist_backend, runtime.dist_timeout_s)
+    info = init_distributed(runtime.device, runtime.dist_backend, runtime.dist_timeout_s, runtime.stall_timeout_s)
     output_dir = Path(output_dir)
     notes = open_folder(folder, info) if folder is not None else []
     if info.is_main:

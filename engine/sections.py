@@ -138,8 +138,13 @@ class RuntimeConfig:
     dist_timeout_s: int = field(
         1800, "seconds a collective waits for the other ranks before the run stops and names the rank(s) that "
               "stopped responding (multi-process runs; 30 min as published)")
+    stall_timeout_s: int = field(
+        300, "seconds without a heartbeat from another rank (stopped, hung, host gone) after which the run stops "
+             "and names it, whatever the collectives wait for; heartbeats go on during evaluations; 0 = off")
 
     def validate(self) -> None:
+        if self.stall_timeout_s < 0:
+            raise ValueError(f"runtime.stall_timeout_s must be >= 0 (0 = off), got {self.stall_timeout_s}")
         if self.dist_timeout_s < 1:
             raise ValueError(f"runtime.dist_timeout_s must be >= 1, got {self.dist_timeout_s}")
         if self.num_workers < 0:

@@ -217,7 +217,7 @@ class AsenTask(Task):
     def runtime(cls, cfg: AsenConfig) -> RuntimeConfig:
         return RuntimeConfig(device=cfg.DEVICE, dist_backend=cfg.DIST.BACKEND, seed=cfg.SEED,
                              num_workers=cfg.DATA.NUM_WORKERS, cpu_threads=cfg.CPU_THREADS,
-                             dist_timeout_s=cfg.DIST.TIMEOUT_S)
+                             dist_timeout_s=cfg.DIST.TIMEOUT_S, stall_timeout_s=cfg.DIST.STALL_TIMEOUT_S)
 
     @classmethod
     def train_precision(cls, cfg: AsenConfig) -> str:

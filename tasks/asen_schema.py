@@ -143,8 +143,13 @@ class DistConfig:
     TIMEOUT_S: int = field(
         1800, "seconds a collective waits for the other ranks before the run stops and names the rank(s) that "
               "stopped responding (30 min as published)")
+    STALL_TIMEOUT_S: int = field(
+        300, "seconds without a heartbeat from another rank (stopped, hung, host gone) after which the run stops "
+             "and names it; heartbeats go on during evaluations; 0 = off")
 
     def validate(self) -> None:
+        if self.STALL_TIMEOUT_S < 0:
+            raise ValueError(f"DIST.STALL_TIMEOUT_S must be >= 0 (0 = off), got {self.STALL_TIMEOUT_S}")
         if self.TIMEOUT_S < 1:
             raise ValueError(f"DIST.TIMEOUT_S must be >= 1, got {self.TIMEOUT_S}")
 

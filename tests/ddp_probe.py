@@ -2,7 +2,7 @@
 
 Each rank writes `<out>/rank<r>.json` with what it observed; tests/test_distributed.py compares them.
 
-`ddp_probe.py OUT train EPOCHS DELAY_S TIMEOUT_S`: instead, train the toy task into OUT through
+`ddp_probe.py OUT train EPOCHS DELAY_S TIMEOUT_S [STALL_S]`: instead, train the toy task into OUT through
 `engine.run.run_main` (its exit statuses and one-line errors), each item fetch slowed by DELAY_S so that a
 test can signal, stop or kill a rank mid-training (tests/test_fault_training.py); any launcher or none.
 """
@@ -43,7 +43,7 @@ def main() -> None:
     du.cleanup()
 
 
-def train(out: Path, epochs: int, delay: float, timeout_s: float) -> None:
+def train(out: Path, epochs: int, delay: float, timeout_s: float, stall_s: float = 0) -> None:
     """The toy training of tests.engine_toy.run_toy (same numbers), slowed down, under run_main."""
     import time
 
@@ -59,7 +59,7 @@ def train(out: Path, epochs: int, delay: float, timeout_s: float) -> None:
     toy.NoisyRegression.__getitem__ = slow  # type: ignore[method-assign]
 
     def run(argv: list[str] | None) -> int:
-        init_distributed("cpu", timeout_s=timeout_s)
+        init_distributed("cpu", timeout_s=timeout_s, stall_timeout_s=stall_s)
         run_toy(out, epochs=epochs)
         return 0
 
@@ -68,6 +68,7 @@ def train(out: Path, epochs: int, delay: float, timeout_s: float) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[2] == "train":
-        train(Path(sys.argv[1]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+        train(Path(sys.argv[1]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]),
+              float(sys.argv[6]) if len(sys.argv) > 6 else 0)
     else:
         main()

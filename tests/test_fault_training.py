@@ -192,8 +192,9 @@ def free_port() -> int:
 
 
 def start_probe(out: Path, *, delay: float = 0.01, timeout_s: float = 30, epochs: int = 3, env: dict | None = None,
-                launcher: tuple[str, ...] = ()) -> subprocess.Popen:
-    cmd = [sys.executable, *launcher, str(PROBE), str(out), "train", str(epochs), str(delay), str(timeout_s)]
+                launcher: tuple[str, ...] = (), stall_s: float = 0) -> subprocess.Popen:
+    cmd = [sys.executable, *launcher, str(PROBE), str(out), "train", str(epochs), str(delay), str(timeout_s),
+           str(stall_s)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env or probe_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
 
@@ -273,23 +274,26 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path):
     assert proc.returncode == -signal.SIGINT and time.monotonic() - sent < 0.7
 
 
-FAULTS = {"stop": signal.SIGSTOP, "kill": signal.SIGKILL, "term": signal.SIGTERM}
+FAULTS = {"stop": signal.SIGSTOP, "kill": signal.SIGKILL, "term": signal.SIGTERM, "stall": signal.SIGSTOP}
 STALL_TIMEOUT_S = 8  # runtime.dist_timeout_s of the SIGSTOP run (room for a slow start on a busy machine)
+WATCHDOG_S = 3  # runtime.stall_timeout_s of the "stall" run, whose collectives would wait 120 s
 
 
-def start_ranks(out: Path, timeout_s: float) -> list[subprocess.Popen]:
+def start_ranks(out: Path, timeout_s: float, stall_s: float = 0) -> list[subprocess.Popen]:
     """Two gloo ranks of the toy training (rank 0 hosts the store)."""
     env = probe_env() | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
                          "OMP_NUM_THREADS": "1"}
-    return [start_probe(out, delay=0.02, timeout_s=timeout_s, epochs=20, env=env | {"RANK": str(r)})
-            for r in range(2)]
+    return [start_probe(out, delay=0.02, timeout_s=timeout_s, epochs=20, env=env | {"RANK": str(r)},
+                        stall_s=stall_s) for r in range(2)]
 
 
 def test_a_stopped_killed_or_signalled_rank_ends_the_run_with_one_line(tmp_path):
     """Rank 1 SIGSTOPped (a hung node: rank 0 gives up after runtime.dist_timeout_s and names it), SIGKILLed
-    (the run ends within seconds, naming it) or SIGTERMed (both ranks stop at the same step, exit 143). The
-    three two-rank runs go at once (their start-up and time-outs overlap)."""
-    runs = {fault: start_ranks(tmp_path / fault, STALL_TIMEOUT_S if fault == "stop" else 120) for fault in FAULTS}
+    (the run ends within seconds, naming it), SIGSTOPped under the heartbeat watchdog (runtime.stall_timeout_s:
+    rank 0 stops long before its collective would time out) or SIGTERMed (both ranks stop at the same step,
+    exit 143). The four two-rank runs go at once (their start-up and time-outs overlap)."""
+    runs = {fault: start_ranks(tmp_path / fault, STALL_TIMEOUT_S if fault == "stop" else 120,
+                               WATCHDOG_S if fault == "stall" else 0) for fault in FAULTS}
     results = {}
     try:
         for fault, ranks in runs.items():
@@ -312,6 +316,10 @@ def test_a_stopped_killed_or_signalled_rank_ends_the_run_with_one_line(tmp_path)
         assert f"{tmp_path / fault / 'checkpoint_last.pth'}, is intact: once every rank is back, resume" in lines[0]
         assert took < (STALL_TIMEOUT_S + 10 if fault == "stop" else 10), (fault, took)
     assert "Timed out" in results["stop"][1][0]
+    took, lines = results["stall"]  # the heartbeat watchdog, long before the collective would time out
+    assert runs["stall"][0].returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: rank 0 at step ") and ": rank 1 has not answered for " in lines[0], lines[0]
+    assert "(runtime.stall_timeout_s 3 s)" in lines[0] and took < WATCHDOG_S + 10, (took, lines[0])
     took, lines = results["term"]
     assert [p.returncode for p in runs["term"]] == [143, 143] and len(lines) == 1, lines
     assert lines[0].startswith("stopped by SIGTERM (sent to another rank) at epoch ")
