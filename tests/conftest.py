@@ -27,3 +27,17 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root folder with `fashiongen/` (prepared .h5 splits), `fashioniq/` (prepared captions) and
     `tokenizer/vocab.txt`. Shared by the whole session: tests must not modify it."""
     return build_synthetic_root(tmp_path_factory.mktemp("synthetic"))
+
+
+# Under pytest-xdist (scripts/test.sh runs two workers) each file goes to one worker as a whole, so its module
+# fixtures are built once; the learning tests that share the session's tiny pretraining run go together.
+SHARED_GROUPS = {"test_cmr_learning.py": "pretrained_tiny", "test_tgir_learning.py": "pretrained_tiny",
+                 "test_fine_pretrain_learning.py": "pretrained_tiny"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.name, str(item.path))))
