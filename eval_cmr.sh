@@ -11,5 +11,5 @@ if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
   shift
 fi
 common_args ""
-NGPU=1 launch retrieval.py --config "${CONFIG:-configs/retrieval.yaml}" --evaluate \
+NGPU=1 NNODES=1 launch retrieval.py --config "${CONFIG:-configs/retrieval.yaml}" --evaluate \
   "${LAUNCH_ARGS[@]}" "$@"

@@ -13,5 +13,5 @@ if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
   shift
 fi
 common_args ""
-NGPU=1 launch train_blip.py --config "${CONFIG:-configs/blip/retrieval_fashionfine_eval.yaml}" --evaluate \
+NGPU=1 NNODES=1 launch train_blip.py --config "${CONFIG:-configs/blip/retrieval_fashionfine_eval.yaml}" --evaluate \
   "${LAUNCH_ARGS[@]}" "$@"

@@ -13,5 +13,5 @@ if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
   shift
 fi
 common_args ""
-NGPU=1 launch tgir.py --config "${CONFIG:-configs/tgir.yaml}" --evaluate \
+NGPU=1 NNODES=1 launch tgir.py --config "${CONFIG:-configs/tgir.yaml}" --evaluate \
   "${LAUNCH_ARGS[@]}" "$@"

@@ -36,7 +36,8 @@ def main() -> None:
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.module.parameters())).hexdigest()
     seen = sorted(int(i) for batch in trainer.loader for i in batch["index"])
     record = {
-        "rank": rank, "world": info.world_size, "backend": info.backend, "gathered": gathered.tolist(),
+        "rank": rank, "local_rank": info.local_rank, "world": info.world_size, "backend": info.backend,
+        "gathered": gathered.tolist(),
         "grad": x.grad.tolist(), "broadcast": obj, "digest": digest, "steps": result.global_step, "indices": seen,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(record))

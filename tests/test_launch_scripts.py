@@ -16,7 +16,8 @@ def script_args(tmp_path: Path, script: str, env: dict[str, str], *extra: str) -
     fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" >> {log}\nprintf "%s\\n" "--end--" >> {log}\n')
     fake.chmod(0o755)
     clean = {k: v for k, v in os.environ.items() if k not in ("OUTPUT_DIR", "CHECKPOINT", "DATA_ROOT", "TOKENIZER",
-                                                                "CONFIG", "NGPU")}
+                                                                "CONFIG", "NGPU", "NNODES", "NODE_RANK",
+                                                                "MASTER_ADDR", "MASTER_PORT")}
     subprocess.run(["bash", script, *extra], cwd=ROOT, check=True, env={**clean, "PYTHON": str(fake), "NGPU": "1", **env})
     calls, current = [], []
     for line in log.read_text().splitlines():
