@@ -13,8 +13,24 @@ from dataclasses import dataclass
 
 import torch
 
+from evaluation.ranking import descending_order
+
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # scores ranked at once per chunk on GPU
 CPU_CHUNK_ELEMENTS = 1 << 22  # smaller blocks stay in cache on CPU
+
+
+def _mean_precision(rel: torch.Tensor) -> torch.Tensor:
+    """Per row of a (B, C) relevance-in-rank-order block: the mean precision at the relevant ranks (0 if none).
+
+    Works on the relevant positions only: the k-th relevant item at 0-based position p adds k / (p + 1).
+    """
+    rows, pos = rel.nonzero(as_tuple=True)  # row-major: each row's relevant positions in rank order
+    counts = torch.bincount(rows, minlength=rel.shape[0])
+    first = torch.cumsum(counts, 0) - counts  # index of each row's first relevant item in `rows`
+    kth = torch.arange(1, rows.numel() + 1, device=rel.device) - first[rows]
+    precision = kth.double() / (pos + 1).double()
+    total = torch.zeros(rel.shape[0], dtype=torch.float64, device=rel.device).index_add_(0, rows, precision)
+    return total / counts.clamp(min=1)
 
 
 def average_precision(
@@ -50,10 +66,9 @@ def average_precision(
     out = torch.zeros(num_q, dtype=torch.float64, device=dev)
     if num_q == 0 or num_c == 0:
         return out
-    # int32 labels and hit counts keep the per-score workspace small (about 30 bytes per ranked score)
+    # int32 labels keep the per-score workspace small (about 30 bytes per ranked score: scores, keys, order)
     q_lab = query_labels.to(dev).reshape(-1).to(torch.int32)
     c_lab = candidate_labels.to(dev).reshape(-1).to(torch.int32)
-    ranks = torch.arange(1, num_c + 1, device=dev, dtype=torch.float64)
     budget = DEFAULT_CHUNK_ELEMENTS if dev.type == "cuda" else CPU_CHUNK_ELEMENTS
     step = chunk_queries if chunk_queries > 0 else max(1, budget // num_c)
     for start in range(0, num_q, step):
@@ -62,14 +77,11 @@ def average_precision(
             block = scores[start:end].to(dev, torch.float32)
         else:
             block = query[start:end].to(dev, torch.float32) @ cand.T
-        order = torch.sort(block, dim=1, descending=True, stable=True).indices
+        order = descending_order(block)  # = the stable descending sort's indices, several times faster
         del block
         rel = c_lab[order] == q_lab[start:end, None]
         del order
-        hits = rel.cumsum(dim=1, dtype=torch.int32)
-        total = hits[:, -1].double()
-        precision_sum = (hits / ranks).masked_fill_(~rel, 0).sum(dim=1)  # precision at each relevant rank
-        out[start:end] = torch.where(total > 0, precision_sum / total.clamp(min=1), torch.zeros_like(total))
+        out[start:end] = _mean_precision(rel)
     return out
 
 
