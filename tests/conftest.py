@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,18 @@ def build_synthetic_root(root: Path) -> Path:
                                  "--fashioniq-root", str(root / "fashioniq"), "--quiet"]) == 0
     assert build_vocab_main(["from-captions", "--data-root", str(root), "--out", str(root / "tokenizer")]) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def restore_torch_globals() -> Iterator[None]:
+    """For modules whose in-process runs set torch's thread count and deterministic mode (`pytestmark =
+    pytest.mark.usefixtures("restore_torch_globals")`): the next module gets the originals."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
 
 
 @pytest.fixture(scope="session")

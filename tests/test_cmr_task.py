@@ -46,13 +46,7 @@ def run(root: Path, out: Path, *flags: str, data_root: Path | None = None, token
                            *overrides(data_root or root / "fashiongen", tokenizer or root / "tokenizer", *sets)])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_torch_globals() -> Iterator[None]:
-    """The in-process runs set torch's thread count and deterministic mode; give the next module the originals."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")  # tests/conftest.py
 
 
 def mirror(src: Path, dst: Path) -> Path:

@@ -10,28 +10,25 @@ from tasks.asen_schema import AsenConfig
 from tasks.fine_schema import RetrievalConfig
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("train.eval_every=-1", "train.eval_every must be >= 0"),
-    ("train.checkpoint_every=-5", "train.checkpoint_every must be >= 0"),
-    ("train.patience=0", "train.patience must be >= 1 or null"),
-    ("train.stop_after_steps=0", "train.stop_after_steps must be >= 1 or null"),
-    ("train.clip_grad_norm=-1.0", "train.clip_grad_norm must be > 0 or null"),
-    ("runtime.num_workers=-1", "runtime.num_workers must be >= 0"),
-    ("runtime.cpu_threads=0", "runtime.cpu_threads must be >= 1 or null"),
+@pytest.mark.parametrize(("schema", "config", "override", "message"), [
+    *[(RetrievalConfig, "configs/retrieval_tiny.yaml", o, m) for o, m in [
+        ("train.eval_every=-1", "train.eval_every must be >= 0"),
+        ("train.checkpoint_every=-5", "train.checkpoint_every must be >= 0"),
+        ("train.patience=0", "train.patience must be >= 1 or null"),
+        ("train.stop_after_steps=0", "train.stop_after_steps must be >= 1 or null"),
+        ("train.clip_grad_norm=-1.0", "train.clip_grad_norm must be > 0 or null"),
+        ("runtime.num_workers=-1", "runtime.num_workers must be >= 0"),
+        ("runtime.cpu_threads=0", "runtime.cpu_threads must be >= 1 or null"),
+    ]],
+    *[(AsenConfig, "configs/asen/synthetic/s1.yaml", o, m) for o, m in [
+        ("SOLVER.BASE_LR=-1", "SOLVER.BASE_LR must be > 0"),
+        ("SOLVER.BASE_LR_SLOW=0", "SOLVER.BASE_LR_SLOW must be > 0"),
+        ("DATA.NUM_WORKERS=-2", "DATA.NUM_WORKERS must be >= 0"),
+    ]],
 ])
-def test_fine_ranges(override, message):
+def test_out_of_range_value_is_refused(schema, config, override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(RetrievalConfig, ["configs/retrieval_tiny.yaml"], [override])
-
-
-@pytest.mark.parametrize(("override", "message"), [
-    ("SOLVER.BASE_LR=-1", "SOLVER.BASE_LR must be > 0"),
-    ("SOLVER.BASE_LR_SLOW=0", "SOLVER.BASE_LR_SLOW must be > 0"),
-    ("DATA.NUM_WORKERS=-2", "DATA.NUM_WORKERS must be >= 0"),
-])
-def test_asen_ranges(override, message):
-    with pytest.raises(ConfigError, match=message):
-        load_config(AsenConfig, ["configs/asen/synthetic/s1.yaml"], [override])
+        load_config(schema, [config], [override])
 
 
 def test_valid_values_still_load():

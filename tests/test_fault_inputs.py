@@ -42,6 +42,7 @@ from tasks.fashiongen import RetrievalTask
 from tasks.fine_schema import RetrievalConfig, TGIRConfig
 from tasks.tgir import TGIREvaluator, TGIRTask, heldout_set, val_sets
 from tests.asen_helpers import synthetic_asen, tiny_args
+from tests.test_cmr_task import mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_2 = (ConfigError, DataError, RunError, FileNotFoundError)  # what run_main reports as one line, status 2
@@ -92,21 +93,9 @@ def non_utf8_vocab(p: Paths) -> list[str]:
     return [f"data.root={p.session / 'fashiongen'}", f"data.tokenizer={folder}"]
 
 
-def link_tree(src: Path, dst: Path) -> Path:
-    """`dst` mirroring `src` with every file a symbolic link (replace one link to change one file)."""
-    for path in sorted(src.rglob("*")):
-        target = dst / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(path)
-    return dst
-
-
 def descriptions(p: Paths, empty_rows: slice) -> Path:
     """A FashionGen root whose train file has empty `input_description` in `empty_rows`."""
-    root = link_tree(p.session / "fashiongen", p.tmp / "fashiongen")
+    root = mirror(p.session / "fashiongen", p.tmp / "fashiongen")
     h5 = root / "fashiongen_256_256_train.h5"
     h5.unlink()
     shutil.copy(p.session / "fashiongen" / h5.name, h5)

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,11 +47,7 @@ def cmr(root: Path, out: Path | None, *flags: str, sets: tuple[str, ...] = ()) -
     return retrieval.main(argv(root, out, *flags, sets=sets))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_torch_globals() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

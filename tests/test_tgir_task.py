@@ -48,13 +48,7 @@ def images_of(triplets: list[dict]) -> set[str]:
     return {name for t in triplets for name in (t["candidate"], t["target"])}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_torch_globals() -> Iterator[None]:
-    """The in-process runs set torch's thread count and deterministic mode; give the next module the originals."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

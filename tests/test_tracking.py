@@ -10,11 +10,9 @@ import struct
 import sys
 import time
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
 import asen_main
@@ -49,12 +47,7 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_torch_globals() -> Iterator[None]:
-    """The in-process runs set torch's thread count; give the next module the original."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
