@@ -27,7 +27,6 @@ from torch.nn.parallel import DistributedDataParallel
 from engine import distributed as du
 from engine import heartbeat
 from engine.checkpoint import (
-    is_training_checkpoint,
     load_resumable,
     nonfinite_tensors,
     save_checkpoint,
@@ -153,11 +152,7 @@ class Trainer:
         """Continue exactly from a checkpoint written by this trainer (model, optimizer, schedule, RNG, position,
         skipped-step count). A changed config key that would not take effect, or another world size, is refused
         (engine.resume_check)."""
-        obj = load_resumable(path, self.module, self.optimizer)  # one line for an unusable file
-        if not is_training_checkpoint(obj):
-            raise RuntimeError(
-                f"{path} is not a resumable training checkpoint of this framework (no optimizer/RNG state); "
-                "use it to initialise weights instead (--checkpoint)")
+        obj = load_resumable(path, self.module, self.optimizer)  # one line for an unusable or foreign file
         extra = obj.get("extra") or {}
         check_world_size(extra.get("world_size"), self.dist.world_size, path)
         changed = check_resume_config(obj.get("config", {}), self.config_dict, path)
