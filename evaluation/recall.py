@@ -13,10 +13,12 @@ reversed; with float scores ties are rare, so both agree except on exact ties.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from evaluation.ranking import descending_keys
 
 # Scores held at once per chunk: 16 MiB (float32) on CPU, where small blocks stay cache friendly (measured
 # fastest at real FashionGen size), 128 MiB on accelerators, where fewer, larger kernels win.
@@ -120,27 +122,24 @@ def _chunk_ranks(scores: torch.Tensor, pos_rows: torch.Tensor, pos_cols: torch.T
     return higher.long()
 
 
-def best_positive_ranks(
-    positives: IndexSets,
+def score_blocks(
     query: torch.Tensor | None = None,
     candidates: torch.Tensor | None = None,
     *,
     scores: torch.Tensor | None = None,
+    positives: IndexSets | None = None,
     exclude: IndexSets | None = None,
     keep_top_k: int | None = None,
     top_k_fill: float = -100.0,
     device: torch.device | str | None = None,
     chunk_size: int | None = None,
-) -> torch.Tensor:
-    """0-based rank of each query's best-ranked positive; returns a (Q,) int64 CPU tensor.
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The chunked score matrix every ranking reads: yields (start, end, block) with block = the float32
+    scores of queries start..end-1 against all candidates (`query @ candidates.T`, or rows of `scores`), after
+    `exclude` (set to -inf, except where a candidate is also a positive of the query) and `keep_top_k`.
 
-    Scores are `query @ candidates.T` (Q x D, C x D; computed per chunk of queries, in float32) or, when
-    `scores` is given, rows of that precomputed (Q x C) matrix. `exclude` lists candidates whose score
-    is set to -inf for that query (a candidate that is also a positive of the query is not excluded).
-    `keep_top_k` keeps only each query's k best scores, the others becoming `top_k_fill` (BLIP variant).
-    Work is chunked over queries on `device` (default: where the inputs are), so memory is bounded by
-    `chunk_size` x C scores (default: 2^22 scores per chunk on CPU, 2^25 on GPU); there is no Python loop
-    over queries.
+    The block is a reused buffer: consume it before the next one is yielded. Chunks hold `chunk_size` x C
+    scores (default: 2^22 scores on CPU, 2^25 on accelerators); there is no Python loop over queries.
     """
     if (scores is None) == (query is None or candidates is None):
         raise ValueError("give either query and candidate embeddings, or a precomputed score matrix")
@@ -159,16 +158,15 @@ def best_positive_ranks(
         raise ValueError("no queries to rank")
     if num_c == 0:
         raise ValueError("no candidates to rank against")
-    positives.check(num_q, num_c, "positives", nonempty=True)
+    if positives is not None:
+        positives.check(num_q, num_c, "positives", nonempty=True)
     if exclude is not None:
         exclude.check(num_q, num_c, "exclude", nonempty=False)
     budget = CPU_CHUNK_ELEMENTS if dev.type == "cpu" else DEVICE_CHUNK_ELEMENTS
     step = min(num_q, chunk_size or max(1, budget // num_c))
-    # One score block and one mask reused by every chunk: fresh large allocations per chunk cost page
-    # faults each time (dominant on some virtual machines) and allocator churn everywhere.
+    # One score block reused by every chunk: fresh large allocations per chunk cost page faults each time
+    # (dominant on some virtual machines) and allocator churn everywhere.
     block_buf = torch.empty(step, num_c, dtype=torch.float32, device=dev)
-    mask_buf = torch.empty(step, num_c, dtype=torch.bool, device=dev)
-    out = torch.empty(num_q, dtype=torch.long, device=dev)
     for start in range(0, num_q, step):
         end = min(num_q, start + step)
         block = block_buf[: end - start]
@@ -178,16 +176,84 @@ def best_positive_ranks(
             torch.matmul(query[start:end].to(dev, torch.float32), cand.T, out=block)
         if torch.isnan(block.amax()):  # max propagates NaN: a cheap full check without a mask
             raise ValueError(f"NaN scores for queries {start}..{end - 1}")
-        pos_rows, pos_cols = positives.rows(start, end, dev)
         if exclude is not None:
             ex_rows, ex_cols = exclude.rows(start, end, dev)
-            kept = block[pos_rows, pos_cols]
-            block[ex_rows, ex_cols] = float("-inf")
-            block[pos_rows, pos_cols] = kept
+            if positives is not None:
+                pos_rows, pos_cols = positives.rows(start, end, dev)
+                kept = block[pos_rows, pos_cols]
+                block[ex_rows, ex_cols] = float("-inf")
+                block[pos_rows, pos_cols] = kept
+            else:
+                block[ex_rows, ex_cols] = float("-inf")
         if keep_top_k is not None:
             _keep_top_k_(block, keep_top_k, top_k_fill)
+        yield start, end, block
+
+
+def best_positive_ranks(
+    positives: IndexSets,
+    query: torch.Tensor | None = None,
+    candidates: torch.Tensor | None = None,
+    *,
+    scores: torch.Tensor | None = None,
+    exclude: IndexSets | None = None,
+    keep_top_k: int | None = None,
+    top_k_fill: float = -100.0,
+    device: torch.device | str | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """0-based rank of each query's best-ranked positive; returns a (Q,) int64 CPU tensor.
+
+    Scores are `query @ candidates.T` (Q x D, C x D; computed per chunk of queries, in float32) or, when
+    `scores` is given, rows of that precomputed (Q x C) matrix. `exclude` lists candidates whose score
+    is set to -inf for that query (a candidate that is also a positive of the query is not excluded).
+    `keep_top_k` keeps only each query's k best scores, the others becoming `top_k_fill` (BLIP variant).
+    Chunked as `score_blocks`.
+    """
+    out: torch.Tensor | None = None
+    mask_buf: torch.Tensor | None = None
+    for start, end, block in score_blocks(query, candidates, scores=scores, positives=positives, exclude=exclude,
+                                          keep_top_k=keep_top_k, top_k_fill=top_k_fill, device=device,
+                                          chunk_size=chunk_size):
+        if out is None:
+            num_q = scores.shape[0] if scores is not None else query.shape[0]
+            out = torch.empty(num_q, dtype=torch.long, device=block.device)
+            mask_buf = torch.empty_like(block, dtype=torch.bool)
+        pos_rows, pos_cols = positives.rows(start, end, block.device)
         out[start:end] = _chunk_ranks(block, pos_rows, pos_cols, mask_buf[: end - start])
     return out.cpu()
+
+
+def top_k_candidates(
+    query: torch.Tensor | None = None,
+    candidates: torch.Tensor | None = None,
+    k: int = 10,
+    *,
+    scores: torch.Tensor | None = None,
+    positives: IndexSets | None = None,
+    exclude: IndexSets | None = None,
+    keep_top_k: int | None = None,
+    top_k_fill: float = -100.0,
+    device: torch.device | str | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's k best candidates in the rank order of `best_positive_ranks` (stable descending):
+    ((Q, k) int64 candidate indices, (Q, k) float32 scores), CPU tensors; k is capped at the candidate count.
+    Chunked as `score_blocks` (same scores, exclusions and top-k filling as the ranks; `positives` only
+    keeps an excluded candidate that is also a positive, as the ranks do)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    indices, values = [], []
+    for _, _, block in score_blocks(query, candidates, scores=scores, positives=positives, exclude=exclude,
+                                    keep_top_k=keep_top_k,
+                                    top_k_fill=top_k_fill, device=device, chunk_size=chunk_size):
+        take = min(k, block.shape[1])
+        # smallest order keys = highest scores, ties by lower index: exact, whatever topk does with ties
+        keys = torch.topk(descending_keys(block), take, dim=1, largest=False, sorted=True).values
+        idx = keys.bitwise_and_(0xFFFFFFFF)
+        indices.append(idx.cpu())
+        values.append(block.gather(1, idx).cpu())
+    return torch.cat(indices), torch.cat(values)
 
 
 def recall_at_k(ranks: torch.Tensor | Sequence[int], ks: Sequence[int] = (1, 5, 10), prefix: str = "r") -> dict[str, float]:
