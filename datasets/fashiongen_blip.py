@@ -61,12 +61,16 @@ def load_blip_tokenizer(folder: str | Path, sign_tokens: bool = False) -> BertTo
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer vocabulary not found: {path}; copy bert-base-uncased's vocab.txt "
                                 f"there, or {BUILD_VOCAB_HINT}")
-    vocab = read_vocab(path)
+    return blip_tokenizer_from_vocab(read_vocab(path), str(path), sign_tokens)
+
+
+def blip_tokenizer_from_vocab(vocab: dict[str, int], source: str, sign_tokens: bool = False) -> BertTokenizer:
+    """`load_blip_tokenizer` over a vocabulary table (`source` names it in errors)."""
     missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in vocab]
     if missing:
-        raise DataError(f"{path}: special tokens missing: {', '.join(missing)}")
+        raise DataError(f"{source}: special tokens missing: {', '.join(missing)}")
     if vocab["[PAD]"] != 0:
-        raise DataError(f"{path}: [PAD] must have id 0 (found {vocab['[PAD]']})")
+        raise DataError(f"{source}: [PAD] must have id 0 (found {vocab['[PAD]']})")
     return add_blip_tokens(BertTokenizer(vocab=vocab, do_lower_case=True), sign_tokens)
 
 

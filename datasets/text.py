@@ -69,14 +69,7 @@ def read_vocab_text(path: str | Path) -> str:
 
 def read_vocab(path: str | Path) -> dict[str, int]:
     """Read a BERT `vocab.txt` (one token per line, id = line number)."""
-    path = Path(path)
-    vocab: dict[str, int] = {}
-    for idx, line in enumerate(read_vocab_text(path).splitlines()):
-        token = line.rstrip("\r")
-        if token in vocab:
-            raise DataError(f"{path}:{idx + 1}: duplicate token {token!r}")
-        vocab[token] = idx
-    return vocab
+    return parse_vocab(read_vocab_text(path), str(path))
 
 
 def check_sign_ids(vocab: dict[str, int], source: str) -> None:
@@ -101,18 +94,34 @@ def require_vocab(folder: str | Path, key: str = "") -> Path:
 def load_tokenizer(folder: str | Path) -> BertTokenizer:
     """BERT WordPiece tokenizer from a local folder holding `vocab.txt`; never touches the network."""
     vocab_path = require_vocab(folder)
-    vocab = read_vocab(vocab_path)
-    check_sign_ids(vocab, str(vocab_path))
+    return tokenizer_from_vocab(read_vocab(vocab_path), str(vocab_path))
+
+
+def parse_vocab(text: str, source: str) -> dict[str, int]:
+    """A vocabulary's text (one token per line, id = line number) as a token -> id table."""
+    vocab: dict[str, int] = {}
+    for idx, line in enumerate(text.splitlines()):
+        token = line.rstrip("\r")
+        if token in vocab:
+            raise DataError(f"{source}:{idx + 1}: duplicate token {token!r}")
+        vocab[token] = idx
+    return vocab
+
+
+def tokenizer_from_vocab(vocab: dict[str, int], source: str) -> BertTokenizer:
+    """The Fashion-FINE tokenizer over a vocabulary table (`source` names it in errors): lower-casing WordPiece,
+    the nine sign tokens registered as special at ids 1..9."""
+    check_sign_ids(vocab, source)
     missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in vocab]
     if missing:
-        raise DataError(f"{vocab_path}: special tokens missing: {', '.join(missing)}; {BUILD_VOCAB_HINT}")
+        raise DataError(f"{source}: special tokens missing: {', '.join(missing)}; {BUILD_VOCAB_HINT}")
     if vocab["[PAD]"] != 0:
-        raise DataError(f"{vocab_path}: [PAD] must have id 0 (found {vocab['[PAD]']})")
+        raise DataError(f"{source}: [PAD] must have id 0 (found {vocab['[PAD]']})")
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
     # Registered as special so they are never split; they already exist, so no id is created.
     tokenizer.add_special_tokens({"additional_special_tokens": list(SIGN_TOKENS)})
     if len(tokenizer) != len(vocab):
-        raise DataError(f"{vocab_path}: registering sign tokens grew the vocabulary; check the file")
+        raise DataError(f"{source}: registering sign tokens grew the vocabulary; check the file")
     return tokenizer
 
 

@@ -352,8 +352,10 @@ def training_state(
     rng: dict,
     best: dict | None = None,
     extra: dict | None = None,
+    model_card: dict | None = None,
 ) -> dict:
-    """Everything `--resume` needs to continue exactly (the model under `model`, as published files)."""
+    """Everything `--resume` needs to continue exactly (the model under `model`, as published files), and the
+    model card (inference.card) that `inference.load_model` rebuilds the model from."""
     return {
         "format": CHECKPOINT_FORMAT,
         "model": unwrap(model).state_dict(),
@@ -367,4 +369,5 @@ def training_state(
         "rng": rng,
         "best": best or {},
         "extra": extra or {},
+        **({"model_card": model_card} if model_card else {}),
     }

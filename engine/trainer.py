@@ -95,12 +95,14 @@ class Trainer:
         config_dict: dict | None = None,
         checkpoint_names: tuple[str, str] = (LAST, BEST),
         tracker: Tracker | None = None,
+        model_card: dict | None = None,
     ) -> None:
         self.cfg, self.dist, self.output_dir = cfg, dist_info, Path(output_dir)
         self.loader, self.optimizer, self.scheduler = loader, optimizer, scheduler
         self.schedule_interval, self.evaluate_fn = schedule_interval, evaluate
         self.loss_weights = dict(loss_weights or {})
         self.config_dict = config_dict or {}
+        self.model_card = model_card  # written into every checkpoint (inference.load_model rebuilds from it)
         self.last_name, self.best_name = checkpoint_names
         self.precision = resolve_precision(cfg.precision, dist_info.device)
         self.scaler = make_grad_scaler(self.precision, dist_info.device)
@@ -138,6 +140,7 @@ class Trainer:
             epoch=self.epoch, iter_in_epoch=self.iter_in_epoch, global_step=self.global_step,
             config=self.config_dict, rng=capture_rng_state(), best=dict(self.best),
             extra={"world_size": self.dist.world_size, "skipped_steps": self.skipped_steps},
+            model_card=self.model_card,
         )
 
     def save(self, name: str) -> Path | None:

@@ -29,6 +29,7 @@ from engine.sections import (
     require_device,
 )
 from engine.tracking import add_report_to_argument
+from inference.card import image_entry, make_card
 from models.asen import ASENet
 from models.released import check_weights_exist
 from models.weights import (
@@ -239,6 +240,19 @@ class AsenTask(Task):
     @cached_property
     def train_index(self) -> tuple[Any, Any, Any, Any]:
         return load_train_index(self.cfg.DATA, self.schema_of_data)
+
+    @classmethod
+    def model_card(cls, cfg: AsenConfig) -> dict[str, Any]:
+        """Attribute names and value counts, the evaluation's image transform, the branches."""
+        schema, inp = schema_from_config(cfg.DATA), cfg.INPUT
+        return make_card(cls.name, cls.weight_family, attributes=list(schema.names),
+                         values=[int(v) for v in schema.num_values], local=bool(cfg.MODEL.LOCAL.ENABLE),
+                         image=image_entry(inp.GLOBAL_SIZE, "short side bilinear to size, centre crop size x size",
+                                           inp.PIXEL_MEAN, inp.PIXEL_STD))
+
+    @classmethod
+    def inference_model(cls, cfg: AsenConfig, tokenizer: Any) -> ASENet:
+        return build_model(cfg, schema_from_config(cfg.DATA).num_attributes)
 
     def build_model(self) -> ASENet:
         cfg, info, schema = self.cfg, self.run.info, self.schema_of_data

@@ -132,6 +132,23 @@ class Task(abc.ABC):
         check_weights_exist(request.checkpoint, cls.checkpoint_flag)
         check_weights_exist(request.resume, "--resume")
 
+    # ----------------------------------------------------------- using a trained model (inference.load_model)
+    @classmethod
+    def model_card(cls, cfg: Any) -> dict[str, Any] | None:
+        """What rebuilding and feeding this task's model needs beyond its config (inference.card), written into
+        every checkpoint of the task; None: its checkpoints are not loadable by inference.load_model."""
+        return None
+
+    @classmethod
+    def inference_tokenizer(cls, cfg: Any, vocab: dict[str, int] | None, source: str) -> Any:
+        """The tokenizer over the card's vocabulary (None for image-only tasks)."""
+        return None
+
+    @classmethod
+    def inference_model(cls, cfg: Any, tokenizer: Any) -> nn.Module:
+        """The task model, freshly initialised, as `build_model` makes it for a single process."""
+        raise NotImplementedError(f"task {cls.name} has no inference model")
+
     # ----------------------------------------------------------- pieces
     @abc.abstractmethod
     def build_model(self) -> nn.Module:

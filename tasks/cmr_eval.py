@@ -26,6 +26,7 @@ from evaluation.cmr import (
 )
 from tasks.fine_common import SelectionEvaluator, extract
 from tasks.fine_schema import CMREvalConfig, FashionGenDataConfig
+from tasks.views import CMRMedia, ViewOptions, write_cmr_views
 
 TEST_SELECTION_WARNING = "model selection on the test split; numbers are not a clean test estimate"
 
@@ -34,6 +35,8 @@ class CMREvaluator(SelectionEvaluator):
     """Embeds one FashionGen evaluation set with a model and scores the configured protocols (rank 0 only)."""
 
     reported_split, reported_warning = "test", TEST_SELECTION_WARNING
+    view = ViewOptions()  # what the final report writes besides results_test.json (tasks.views)
+    top_k = 0  # the top-K lists `run` keeps (the final report's only)
 
     def __init__(self, eval_set: FashionGenEvalSet, cfg: CMREvalConfig, *, name: str, batch_size: int,
                  num_workers: int, device: torch.device, precision: str, output_dir: str | Path,
@@ -68,14 +71,31 @@ class CMREvaluator(SelectionEvaluator):
         text_emb, image_emb = self.embed(model)
         return evaluate_cmr(self.eval_set.product_rows, self.eval_set.row_subcategory, text_emb=text_emb,
                             image_emb=image_emb, options=self.options, sampled_sets=self.provider,
-                            product_ids=self.eval_set.product_ids, device=self.device, chunk_size=self.chunk_size)
+                            product_ids=self.eval_set.product_ids, device=self.device, chunk_size=self.chunk_size,
+                            top_k=self.top_k)
+
+    def media(self) -> CMRMedia:
+        """Ids (FashionGen product ids, HDF5 rows) and readers of the evaluated images and texts."""
+        s = self.eval_set
+        return CMRMedia(s.product_ids, s.rows.tolist(), lambda i: s.split.read_image(int(s.rows[i])), s.texts.text)
+
+    def run_with_top(self, model: nn.Module) -> CMRResult:
+        """`run` keeping each query's top `view.topk` results."""
+        self.top_k = self.view.topk
+        try:
+            return self.run(model)
+        finally:
+            self.top_k = 0
 
     def report(self, model: nn.Module, extra: dict) -> dict[str, float]:
-        """Evaluate once, print the paper's table and write `results_test.json` (rank 0)."""
+        """Evaluate once, print the paper's table and write `results_test.json` (rank 0), with the top-K files
+        and the gallery page of `view` (tasks.views)."""
         if not du.is_main_process():
             return {}
-        result = self.run(model)
+        result = self.run_with_top(model)
         path = write_cmr_report(self.output_dir / "results_test.json", result, extra=extra)
+        write_cmr_views(self.output_dir, self.name, result.top, self.media(), self.view,
+                        f"FashionGen {self.name} split: cross-modal retrieval")
         get_logger().info("FashionGen %s split (%d products, %d images):\n%s\nwritten to %s", self.name,
                           self.eval_set.num_products, self.eval_set.num_images, format_cmr_table(result.metrics),
                           path)

@@ -20,7 +20,7 @@ from models.fine_pretrain import FinePretrainModel
 from models.fine_retrieval import FineRetrievalModel
 from tasks.base import RunRequest
 from tasks.cmr_eval import CMREvaluator, selection_evaluator, split_products, test_evaluator
-from tasks.fine_common import FineTask
+from tasks.fine_common import FineTask, fine_model
 from tasks.fine_schema import PretrainConfig, RetrievalConfig
 from tasks.published_flags import PRETRAIN_FLAGS
 
@@ -66,7 +66,11 @@ class FashionGenTask(FineTask):
         return FashionGenSplit(self.cfg.data.root, "train")
 
     def build_model(self) -> nn.Module:
-        return self.new_model(self.model_cls, self.tokenizer)
+        return self.inference_model(self.cfg, self.tokenizer)
+
+    @classmethod
+    def inference_model(cls, cfg: Any, tokenizer: Any) -> nn.Module:
+        return fine_model(cls.model_cls, cfg, tokenizer)
 
     def final_report(self) -> CMREvaluator:
         cfg, run = self.cfg, self.run

@@ -20,7 +20,9 @@ from datasets.fashiongen_blip import (
     BlipEvalSet,
     BlipTrainAnnotation,
     FashionGenBlipTrainDataset,
+    blip_tokenizer_from_vocab,
     load_blip_tokenizer,
+    load_image,
 )
 from datasets.heldout import check_batch_fits, fingerprint_of, load_or_create_heldout
 from engine.config import check_select_metric
@@ -31,8 +33,9 @@ from models.fine_blip import FineBlipRetrieval
 from tasks.base import RunRequest
 from tasks.blip_schema import BlipEvalConfig, BlipRetrievalConfig
 from tasks.cmr_eval import TEST_SELECTION_WARNING, CMREvaluator
-from tasks.fine_common import FineTask, extract, optimizer_and_schedule
+from tasks.fine_common import FineTask, extract, fine_model, optimizer_and_schedule
 from tasks.published_flags import BLIP_FLAGS
+from tasks.views import CMRMedia
 
 HELDOUT_FILE = "blip_heldout_products.json"
 
@@ -65,19 +68,27 @@ class BlipCMREvaluator(CMREvaluator):
         parts = []
         if protocol in ("full", "both"):
             parts.append(evaluate_cmr(rows, options=CMROptions(protocol="full", blip=True, k_test=self.k_test),
-                                      **common))
+                                      top_k=self.top_k, **common))
         if protocol in ("sampled", "both"):
             options = CMROptions(protocol="sampled", sampled=self.options.sampled)
             parts.append(evaluate_cmr(rows, self.eval_set.row_subcategory, options=options,
                                       sampled_sets=self.provider, product_ids=self.eval_set.product_ids, **common))
-        metrics, record, ranks = {}, {}, {}
+        metrics, record, ranks, top = {}, {}, {}, {}
         for part in parts:
             metrics |= part.metrics
             record |= part.options
             ranks |= part.ranks
+            top |= part.top
         record["protocol"] = protocol
         record["blip"] = True
-        return CMRResult(metrics, record, ranks)
+        return CMRResult(metrics, record, ranks, top)
+
+    def media(self) -> CMRMedia:
+        """Ids (product ids when the image names carry them, else positions; image file names) and readers."""
+        s = self.eval_set
+        products = s.product_ids if s.product_ids is not None else list(range(s.num_products))
+        return CMRMedia(products, s.image_names, lambda i: load_image(s.images.image_root / s.image_names[i],
+                                                                      s.source), lambda p: s.texts.captions[p])
 
 
 @dataclasses.dataclass
@@ -125,6 +136,11 @@ def resolve_schedule(cfg: BlipRetrievalConfig) -> BlipRetrievalConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(train, schedule_epochs=None))
 
 
+def uses_sign_tokens(cfg: BlipRetrievalConfig) -> bool:
+    """Fixed sign mode: the nine signs are single tokens (compat: the published words)."""
+    return not cfg.compat.is_compat("blip_sign_token")
+
+
 def heldout_split(cfg: BlipRetrievalConfig, annotation: BlipTrainAnnotation,
                   output_dir: Path) -> tuple[list[int] | None, list[int] | None]:
     """(training products, held-out products) by dense id; (None = all, None) with `select_on: test | none`."""
@@ -164,7 +180,7 @@ class FineBlipTask(FineTask):
 
     @cached_property
     def sign_tokens(self) -> bool:
-        return not self.cfg.compat.is_compat("blip_sign_token")
+        return uses_sign_tokens(self.cfg)
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -185,7 +201,23 @@ class FineBlipTask(FineTask):
 
     def build_model(self) -> FineBlipRetrieval:
         get_logger().info("Fashion-FINE on BLIP, stage %d", self.cfg.model.stage)
-        return self.new_model(FineBlipRetrieval, self.tokenizer, enc_token_id=self.tokenizer.enc_token_id)
+        return self.inference_model(self.cfg, self.tokenizer)
+
+    @classmethod
+    def inference_model(cls, cfg: BlipRetrievalConfig, tokenizer: Any) -> FineBlipRetrieval:
+        return fine_model(FineBlipRetrieval, cfg, tokenizer, enc_token_id=tokenizer.enc_token_id)
+
+    @classmethod
+    def inference_tokenizer(cls, cfg: BlipRetrievalConfig, vocab: dict[str, int] | None, source: str) -> Any:
+        return blip_tokenizer_from_vocab(vocab or {}, source, sign_tokens=uses_sign_tokens(cfg))
+
+    @classmethod
+    def text_card(cls, cfg: BlipRetrievalConfig) -> dict[str, Any]:
+        """BLIP cleaner; a leading sign name is the [xxx_sign] token in fixed sign mode (stripped from evaluation
+        queries), plain words in compat (kept)."""
+        return {"prefix": "", "cleaner": "pre_caption_blip", "max_words": cfg.data.max_words,
+                "max_length": cfg.data.max_length, "add_sep": True,
+                "sign_prefix": "stripped" if uses_sign_tokens(cfg) else "words"}
 
     @cached_property
     def test_evaluator(self) -> BlipCMREvaluator:

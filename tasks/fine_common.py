@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from datasets.text import require_vocab
+from datasets.text import CMR_PREFIX, require_vocab, tokenizer_from_vocab
+from datasets.transforms import CLIP_MEAN, CLIP_STD
 from engine import distributed as du
 from engine.config import ConfigError, add_config_arguments
 from engine.data import EpochSampler, TrainLoader, move_to_device
@@ -25,6 +26,7 @@ from engine.run import add_run_arguments
 from engine.run_folder import RunFiles, resolve_resume
 from engine.sections import OptimConfig, RuntimeConfig, ScheduleConfig
 from engine.trainer import BEST, LAST
+from inference.card import image_entry, make_card, vocab_entry
 from tasks.base import RunRequest, Task, TrainingPlan
 from tasks.compat import CompatConfig
 from tasks.published_flags import PublishedFlag, add_published_flags
@@ -67,6 +69,16 @@ def extract(loader: DataLoader, encode: Callable[[dict], torch.Tensor], device: 
         with autocast(precision, device):
             parts.append(encode(batch).float())
     return torch.cat(parts)
+
+
+def fine_model(model_cls: type[nn.Module], cfg: Any, tokenizer: Any, **kwargs: Any) -> nn.Module:
+    """A Fashion-FINE model sized for the tokenizer's vocabulary, with the compat switches resolved."""
+    net = model_cls(cfg.model, cfg.loss, cfg.compat.model_behaviour(), vocab_size=len(tokenizer),
+                    sep_token_id=tokenizer.sep_token_id, **kwargs)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    get_logger().info("%s: %.1fM trainable parameters, vocabulary %d", model_cls.__name__, trainable / 1e6,
+                      len(tokenizer))
+    return net
 
 
 def check_queue_size(queue_size: int, global_batch: int) -> None:
@@ -142,13 +154,26 @@ class FineTask(Task):
 
     def new_model(self, model_cls: type[nn.Module], tokenizer: Any, **kwargs: Any) -> nn.Module:
         """A task model sized for the tokenizer's vocabulary, with the compat switches resolved."""
-        cfg = self.cfg
-        net = model_cls(cfg.model, cfg.loss, cfg.compat.model_behaviour(), vocab_size=len(tokenizer),
-                        sep_token_id=tokenizer.sep_token_id, **kwargs)
-        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        get_logger().info("%s: %.1fM trainable parameters, vocabulary %d", model_cls.__name__, trainable / 1e6,
-                          len(tokenizer))
-        return net
+        return fine_model(model_cls, self.cfg, tokenizer, **kwargs)
+
+    text_prefix: ClassVar[str] = CMR_PREFIX  # what the evaluation texts start with
+
+    @classmethod
+    def model_card(cls, cfg: Any) -> dict[str, Any]:
+        """Task, family, the vocabulary (whole text), the evaluation's image transform and text layout."""
+        return make_card(cls.name, cls.weight_family, vocab=vocab_entry(require_vocab(cfg.data.tokenizer)),
+                         image=image_entry(cfg.model.vision.image_res, "bicubic to size x size, no crop", CLIP_MEAN,
+                                           CLIP_STD),
+                         text=cls.text_card(cfg))
+
+    @classmethod
+    def text_card(cls, cfg: Any) -> dict[str, Any]:
+        return {"prefix": cls.text_prefix, "cleaner": "pre_caption", "max_length": cfg.data.max_words,
+                "add_sep": True, "sign_prefix": None}
+
+    @classmethod
+    def inference_tokenizer(cls, cfg: Any, vocab: dict[str, int] | None, source: str) -> Any:
+        return tokenizer_from_vocab(vocab or {}, source)
 
     def check_training(self) -> None:
         images = self.queue_images_per_sample * self.cfg.data.batch_size * self.run.info.world_size

@@ -106,7 +106,7 @@ def train(task: Task, model: Any, final: Any, request: RunRequest, tracker: Trac
     trainer = Trainer(model, loader, optimizer, scheduler, plan.train, run.info, run.output_dir,
                       schedule_interval=plan.schedule_interval, loss_weights=plan.loss_weights, evaluate=select,
                       config_dict=config_to_dict(task.cfg), checkpoint_names=plan.checkpoint_names,
-                      tracker=tracker)
+                      tracker=tracker, model_card=type(task).model_card(task.cfg))
     if request.resume:
         trainer.resume(request.resume)
     result = trainer.fit()

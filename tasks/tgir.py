@@ -24,7 +24,7 @@ from datasets.fashioniq import (
     read_image_split,
 )
 from datasets.heldout import check_batch_fits
-from datasets.text import load_tokenizer
+from datasets.text import TGIR_PREFIX, load_tokenizer
 from datasets.transforms import TestTransform, TrainTransform
 from engine import distributed as du
 from engine.config import check_select_metric
@@ -42,7 +42,7 @@ from evaluation.tgir import (
 )
 from models.fine_tgir import FineTGIRModel
 from tasks.base import RunRequest
-from tasks.fine_common import FineTask, SelectionEvaluator, extract
+from tasks.fine_common import FineTask, SelectionEvaluator, extract, fine_model
 from tasks.fine_schema import TGIRConfig
 from tasks.published_flags import TGIR_FLAGS
 
@@ -168,7 +168,19 @@ class TGIRTask(FineTask):
                              output_dir=run.output_dir, progress_bar=cfg.train.progress_bar)
 
     def build_model(self) -> nn.Module:
-        return self.new_model(FineTGIRModel, self.tokenizer)
+        return self.inference_model(self.cfg, self.tokenizer)
+
+    text_prefix = TGIR_PREFIX
+
+    @classmethod
+    def inference_model(cls, cfg: TGIRConfig, tokenizer: Any) -> nn.Module:
+        return fine_model(FineTGIRModel, cfg, tokenizer)
+
+    @classmethod
+    def text_card(cls, cfg: TGIRConfig) -> dict[str, Any]:
+        """Relative captions joined with ' and ' after the prefix; the published layout has no [SEP]."""
+        return {"prefix": TGIR_PREFIX, "cleaner": "pre_caption", "join": " and ", "max_length": cfg.data.max_words,
+                "add_sep": not cfg.compat.is_compat("text_layout"), "sign_prefix": None}
 
     @cached_property
     def val_evaluator(self) -> TGIREvaluator:
