@@ -181,8 +181,12 @@ class FashionGenEncoder(Encoder):
             if c is not None:
                 category_sign(c)
         ids, mask = self.text_tokens(items)
-        return self._extract(TokenInputs(ids, mask), lambda b: self.model.encode_text(b["input_ids"],
-                                                                                    b["attention_mask"]), "texts")
+        return self.encode_token_inputs(TokenInputs(ids, mask))
+
+    def encode_token_inputs(self, dataset: Dataset) -> torch.Tensor:
+        """Embeddings of a dataset whose items hold `input_ids` / `attention_mask` (e.g. evaluation texts)."""
+        return self._extract(dataset, lambda b: self.model.encode_text(b["input_ids"], b["attention_mask"]),
+                             "texts")
 
 
 class BlipEncoder(Encoder):
