@@ -46,6 +46,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help="released checkpoints only: cmr, pretrain, tgir, fine_blip or asen")
     p.add_argument("--config", help="released checkpoints only (or to override the recorded config): its YAML")
     p.add_argument("--tokenizer", help="released Fashion-FINE checkpoints only: the folder holding vocab.txt")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="with --config: config overrides")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU when there is one)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="autocast precision (auto: bf16 on GPUs that support it, else fp32)")
@@ -100,7 +101,7 @@ def load(args: argparse.Namespace) -> Any:
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
     return load_model(args.checkpoint, device=args.device, precision=args.precision, task=args.task,
-                      config=args.config, tokenizer=args.tokenizer, batch_size=args.batch_size)
+                      config=args.config, tokenizer=args.tokenizer, overrides=args.set, batch_size=args.batch_size)
 
 
 # ----------------------------------------------------------------------------- index

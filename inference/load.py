@@ -9,6 +9,7 @@ checkpoint has none of these: give its `task`, its `config` (YAML) and, for the 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +44,21 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _config(task_cls: Any, obj: dict, path: Path, config: str | Path | None, tokenizer: str | Path | None) -> Any:
-    """The validated config: the given YAML (with `tokenizer` as data.tokenizer), else the checkpoint's own."""
+def _config(task_cls: Any, obj: dict, path: Path, config: str | Path | None, tokenizer: str | Path | None,
+            overrides: Sequence[str]) -> Any:
+    """The validated config: the given YAML (with `tokenizer` as data.tokenizer) and `overrides` (key=value),
+    else the checkpoint's own."""
     if config is not None:
-        overrides = [f"data.tokenizer={tokenizer}"] if tokenizer is not None and task_cls.name != "asen" else []
         if not Path(config).is_file():
             raise FileNotFoundError(f"config not found: {config}")
-        return load_config(task_cls.schema, [config], overrides)
+        extra = [f"data.tokenizer={tokenizer}"] if tokenizer is not None and task_cls.name != "asen" else []
+        return load_config(task_cls.schema, [config], [*overrides, *extra])
     saved = obj.get("config")
     if not isinstance(saved, dict) or not saved:
         raise ConfigError(f"{path} records no config: pass config=<the YAML it was trained with> "
                           "(search.py: --config)")
+    if overrides:
+        raise ConfigError("overrides need the config they apply to: pass config=<YAML> too (search.py: --config)")
     return build_config(task_cls.schema, saved)
 
 
@@ -65,12 +70,13 @@ def fingerprint(obj: dict, state: dict) -> str:
 
 def load_model(path: str | Path, *, device: str | torch.device | None = None, precision: str = "auto",
                task: str | None = None, config: str | Path | None = None, tokenizer: str | Path | None = None,
-               batch_size: int | None = None, progress_bar: bool = False) -> Encoder:
+               overrides: Sequence[str] = (), batch_size: int | None = None, progress_bar: bool = False) -> Encoder:
     """The model of checkpoint `path` as an `Encoder` (eval mode, on `device` (default: a GPU when there is
     one), autocast `precision` "auto" = bf16 on GPUs that support it, else fp32).
 
     `task`, `config`, `tokenizer`: needed only for a checkpoint without a model card (a released file); `config`
-    also overrides a card's recorded config. Every weight must load (strict)."""
+    (with `overrides`, `key=value` strings as `--set` takes them) replaces a card's recorded config. Every
+    weight must load (strict)."""
     from models.weights import load_weights, state_dict_of
 
     path = Path(path)
@@ -86,7 +92,7 @@ def load_model(path: str | Path, *, device: str | torch.device | None = None, pr
     if task is not None and task != name:
         raise ConfigError(f"{path} holds a {name} model, not {task}")
     task_cls = task_class(name)
-    cfg = _config(task_cls, obj, path, config, tokenizer)
+    cfg = _config(task_cls, obj, path, config, tokenizer, overrides)
     if card is None:
         card = task_cls.model_card(cfg)
     if card is None:

@@ -199,3 +199,35 @@ def test_api_asen_embeddings_reproduce_the_map_exactly(tmp_path_factory):
     assert 100 * result.total == pytest.approx(reported["map"], abs=1e-9)
     with pytest.raises(DataError, match="unknown attribute 'sleeve_length_x'"):
         enc.encode_images([split.root / split.images[0]], "sleeve_length_x")
+
+
+def write_vocab(path: Path, size: int) -> Path:
+    """A vocabulary of `size` tokens with the published special ids ([PAD] 0, signs 1..9, [UNK] 100, [CLS] 101,
+    [SEP] 102, [MASK] 103)."""
+    from datasets.fashiongen_meta import SIGN_TOKENS
+
+    tokens = ["[PAD]", *SIGN_TOKENS] + [f"[unused{i}]" for i in range(10, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += [f"word{i}" for i in range(size - len(tokens))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_released_published_checkpoint_loads_through_the_same_call(tmp_path):
+    from inference.encoders import TokenInputs
+    from tests.parity_helpers import load_fixture
+    from tests.test_parity_fine import EMB_ABS, size_overrides
+
+    fixture = load_fixture("fine_retrieval_tiny.pt")
+    released = tmp_path / "checkpoint_cmr_best_ft.pth"
+    torch.save({"model": fixture["state_dict"]}, released)  # the published layout, published key names
+    vocab = write_vocab(tmp_path / "tokenizer" / "vocab.txt", fixture["config"]["bert"]["vocab_size"])
+    with pytest.raises(ConfigError, match="no model card"):
+        load_model(released, device="cpu")
+    enc = load_model(released, device="cpu", task="cmr", config=ROOT / "configs/retrieval.yaml",
+                     tokenizer=vocab.parent, overrides=size_overrides(fixture["config"]))
+    inputs, outputs = fixture["inputs"], fixture["outputs"]
+    image_emb = enc.encode_images(list(inputs["eval_images"]))  # float model inputs pass unchanged
+    text_emb = enc.encode_token_inputs(TokenInputs(inputs["eval_text_input_ids"], inputs["eval_text_attention_mask"]))
+    assert (image_emb - outputs["img_emb"]).abs().max() <= EMB_ABS
+    assert (text_emb - outputs["txt_emb"]).abs().max() <= EMB_ABS
