@@ -32,7 +32,6 @@ from torch.utils.data import Subset
 
 from engine.atomic import write_text
 from engine.config import ConfigError
-from engine.errors import DataError
 from engine.progress import track
 from engine.run import run_main
 from evaluation.report import format_table
@@ -92,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export the encoders as ONNX with a preprocessing sidecar")
     add_model_arguments(e)
     e.add_argument("--out", required=True, help="folder for the .onnx files and preprocessing.json")
+    e.add_argument("--has-sign", action="store_true", help="BLIP: texts carry their sign token at position 1 "
+                   "(default: as the evaluation queries, without)")
     return parser
 
 
@@ -223,15 +224,18 @@ def write_query_page(path: str, asked: dict[str, Any], rows: list[tuple], index:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """ONNX graphs + preprocessing.json, then each graph checked in onnxruntime on another batch size."""
     from inference.card import preprocessing
-    from inference.export import export_encoders
+    from inference.export import export_encoders, sample_inputs, verify_export
 
     encoder = load(args)
-    encoder.model.to("cpu").float()
-    written = export_encoders(encoder.model, encoder.family if encoder.task != "tgir" else "fine_tgir",
-                              Path(args.out), preprocessing(encoder.card))
+    model = encoder.model.to("cpu").float()
+    family = "fine_tgir" if encoder.task == "tgir" else encoder.family
+    written = export_encoders(model, family, Path(args.out), preprocessing(encoder.card), has_sign=args.has_sign)
+    worst = verify_export(written, model, family, sample_inputs(model, family, batch=3, length=7, seed=1))
     for role, file in written.items():
         print(f"{role}: {file}")
+    print(f"onnxruntime vs PyTorch on a batch of 3: largest absolute difference {worst:.2e}")
     return 0
 
 
@@ -240,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"index": cmd_index, "query": cmd_query, "export": cmd_export}
     try:
         return commands[args.command](args)
-    except ValueError as exc:  # e.g. a query of another dimension reaching the ranking
-        raise DataError(str(exc)) from None
+    except ModuleNotFoundError as exc:  # an optional package (faiss-cpu, onnx, onnxruntime)
+        raise ConfigError(f"{exc}; pip install {exc.name or 'it'}" if "pip install" not in str(exc) else str(exc)) \
+            from None
 
 
 if __name__ == "__main__":

@@ -231,3 +231,33 @@ def test_a_released_published_checkpoint_loads_through_the_same_call(tmp_path):
     text_emb = enc.encode_token_inputs(TokenInputs(inputs["eval_text_input_ids"], inputs["eval_text_attention_mask"]))
     assert (image_emb - outputs["img_emb"]).abs().max() <= EMB_ABS
     assert (text_emb - outputs["txt_emb"]).abs().max() <= EMB_ABS
+
+
+def test_api_blip_embeddings_reproduce_the_evaluation_exactly(synthetic_root, tmp_path):
+    import train_blip
+    from datasets.fashiongen_blip import BlipCaptions, BlipEvalSet, split_sign
+    from tests.blip_helpers import TINY, blip_view_of, data_overrides
+
+    data, tokenizer = blip_view_of(synthetic_root, tmp_path / "blip")
+    out = tmp_path / "run"
+    assert train_blip.main(["--config", str(TINY["2"]), "--output_dir", str(out), "--set", "checkpoint=null",
+                            *data_overrides(data, tokenizer), "train.epochs=1", "runtime.num_workers=0",
+                            "runtime.cpu_threads=1", "eval.protocol=full"]) == 0
+    enc = load_model(out / "checkpoint_best.pth" if (out / "checkpoint_best.pth").is_file()
+                     else out / "checkpoint_last.pth", device="cpu")
+    assert enc.task == "fine_blip"
+    cfg = enc.cfg
+    captions = BlipCaptions(enc.tokenizer, max_words=cfg.data.max_words, max_length=cfg.data.max_length)
+    es = BlipEvalSet.from_test_annotation(data / cfg.data.annotation_dir / cfg.data.test_annotation,
+                                          data / cfg.data.image_dir, captions, image_res=enc.image_size)
+    image_emb = enc.encode_images([data / cfg.data.image_dir / n for n in es.image_names])
+    text_emb = enc.encode_texts(es.texts.captions)
+    # fixed sign mode: evaluation strips a caption's leading sign, so a category does not change the vector
+    symbol = BlipEvalSet.from_test_annotation(data / cfg.data.annotation_dir / "fashiongen_test_symbol.json",
+                                              data / cfg.data.image_dir, captions, image_res=enc.image_size)
+    signs = [split_sign(c)[0][1:-1] for c in symbol.texts.captions[:8]]
+    assert torch.equal(enc.encode_texts(es.texts.captions[:8], signs), text_emb[:8])
+    result = evaluate_cmr(es.product_rows, text_emb=text_emb, image_emb=image_emb,
+                          options=CMROptions(protocol="full", blip=True, k_test=cfg.eval.k_test))
+    reported = json.loads((out / "results_test.json").read_text())["metrics"]
+    assert result.metrics == {k: reported[k] for k in result.metrics}
