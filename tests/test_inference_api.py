@@ -261,3 +261,28 @@ def test_api_blip_embeddings_reproduce_the_evaluation_exactly(synthetic_root, tm
                           options=CMROptions(protocol="full", blip=True, k_test=cfg.eval.k_test))
     reported = json.loads((out / "results_test.json").read_text())["metrics"]
     assert result.metrics == {k: reported[k] for k in result.metrics}
+
+
+def test_exported_encoders_match_the_api_on_the_synthetic_data(cmr_run, synthetic_root, tmp_path, capsys):
+    import numpy as np
+    import onnxruntime as ort
+
+    from datasets.fashiongen import FashionGenSplit
+
+    ckpt = str(cmr_run / "checkpoint_best.pth")
+    assert search.main(["export", "--checkpoint", ckpt, "--device", "cpu", "--out", str(tmp_path / "onnx")]) == 0
+    assert "largest absolute difference" in capsys.readouterr().out
+    sidecar = json.loads((tmp_path / "onnx" / "preprocessing.json").read_text())
+    assert sidecar["preprocessing"]["image"]["size"] == 32 and "text" not in sidecar["preprocessing"]["vocab"]
+    enc = load_model(ckpt, device="cpu")
+    split = FashionGenSplit(synthetic_root / "fashiongen", "validation")
+    images = [split.read_image(r) for r in range(12)]
+    texts = [split.description(r) for r in range(5)]
+    pixels = torch.stack([enc.image_inputs(images).model_input(i) for i in range(len(images))])
+    ids, mask = enc.text_tokens(texts)
+    run = {name: ort.InferenceSession(str(tmp_path / "onnx" / sidecar["encoders"][name]["file"]),
+                                      providers=["CPUExecutionProvider"]) for name in ("image", "text")}
+    onnx_images = run["image"].run(None, {"image": pixels.numpy()})[0]
+    onnx_texts = run["text"].run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    assert np.abs(onnx_images - enc.encode_images(images).numpy()).max() < 1e-4
+    assert np.abs(onnx_texts - enc.encode_texts(texts).numpy()).max() < 1e-4
