@@ -173,12 +173,10 @@ def encode_query(encoder: Any, args: argparse.Namespace, meta: dict[str, Any]) -
         if not (args.image and args.text):
             raise ConfigError("a TGIR query is --image (the reference) with --text (the modification)")
         return encoder.encode_queries([args.image], [args.text]), {"image": args.image, "text": args.text}
-    if meta.get("kind") == "text":
-        if not args.image or args.text:
-            raise ConfigError(f"{args.index} indexes texts: query it with --image")
+    if bool(args.text) == bool(args.image):
+        raise ConfigError("a CMR query is --text (and --category) or --image, not both")
+    if args.image:  # against texts: image -> text retrieval; against images: the image encoder's similarity
         return encoder.encode_images([args.image]), {"image": args.image}
-    if not args.text or args.image:
-        raise ConfigError(f"{args.index} indexes images: query it with --text (and --category)")
     return encoder.encode_texts([args.text], args.category), {"text": args.text, "category": args.category}
 
 
@@ -214,10 +212,10 @@ def write_query_page(path: str, asked: dict[str, Any], rows: list[tuple], index:
     texts = dict(zip(index.ids, index.meta.get("texts") or [])) if index.meta.get("kind") == "text" else {}
     results = [Item(image=None if texts else item_image(p), text=texts.get(i) or None, label=str(i), score=s)
                for _, i, s, p in rows]
-    note = ", ".join(f"{k}: {v}" for k, v in asked.items() if v is not None and k != "image")
-    query = Query(Item(image=asked.get("image"), text=asked.get("text"), label=note), results, note=note)
-    return write_gallery_page(path, f"search: {note or asked.get('image')}", [Section(str(index.meta.get("source")),
-                                                                                     [query])])
+    note = ", ".join(f"{k}: {v}" for k, v in asked.items() if v is not None and k not in ("image", "text"))
+    query = Query(Item(image=asked.get("image"), text=asked.get("text"), label="query"), results, note=note)
+    title = " + ".join(str(asked[k]) for k in ("image", "text") if asked.get(k))
+    return write_gallery_page(path, f"search: {title}", [Section(str(index.meta.get("source")), [query])])
 
 
 # ----------------------------------------------------------------------------- export
