@@ -2,7 +2,8 @@
 # The whole framework end to end on the bundled synthetic data, on CPU in about 8 minutes (2 quiet cores):
 #   setup -> synthetic FashionGen / FashionIQ / ASEN++ data in the real formats -> prepare_dataset.py ->
 #   tokenizer vocabulary -> Fashion-FINE pretraining -> CMR fine-tuning -> CMR evaluation (full + sampled
-#   protocols) -> TGIR fine-tuning and evaluation -> ASEN++ stage 1, stage 2 and test.
+#   protocols) -> TGIR fine-tuning and evaluation -> ASEN++ stage 1, stage 2 and test -> search.py: a text, a
+#   TGIR and an ASEN++ query against catalogues indexed with the trained models (scripts/demo_search.sh).
 # Options: DEMO_OUT (default output/demo), SKIP_ASEN=1, WITH_BLIP=1 (also the BLIP variant, if present).
 # Running it again replaces the previous demo: its training runs pass --overwrite, which removes only the files
 # the framework wrote in their DEMO_OUT folders (anything else there is kept); evaluations rewrite their results.
@@ -41,6 +42,8 @@ if [ -z "${SKIP_ASEN:-}" ]; then
   echo "== ASEN++ (attribute-specific similarity)"
   SAVE_DIR=$OUT/asen bash scripts/demo_asen.sh
 fi
+echo "== use the trained models: index catalogues and query them (search.py)"
+DEMO_OUT=$OUT bash scripts/demo_search.sh
 if [ -n "${WITH_BLIP:-}" ] && [ -f scripts/demo_blip.sh ]; then
   echo "== Fashion-FINE on BLIP"
   DEMO_OUT=$OUT bash scripts/demo_blip.sh
@@ -51,4 +54,5 @@ echo "== done. Results:"
 echo "   CMR test table:   $OUT/retrieval_eval/results_test.json (pretraining: $OUT/pretrain/results_test.json)"
 echo "   TGIR val table:   $OUT/tgir_eval/results_val.json"
 [ -z "${SKIP_ASEN:-}" ] && echo "   ASEN++ test MAP:  $OUT/asen/synthetic_s2/map_test.json"
+echo "   search queries:   $OUT/search/*_query.html (gallery pages) and *_query.json"
 echo "   logs and checkpoints under $OUT/"

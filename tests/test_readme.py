@@ -1,5 +1,6 @@
 """Every `.venv/bin/python` command in the README's shell blocks runs as written, in order, on the synthetic data
-(in a scratch copy of the checkout, so the repository's own data/ and output/ are not touched)."""
+(in a scratch copy of the checkout, so the repository's own data/ and output/ are not touched), then every
+```python block."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def readme_commands() -> list[str]:
 def test_readme_has_the_commands_a_newcomer_needs() -> None:
     commands = readme_commands()
     for needed in ("-m datasets.synthetic", "prepare_dataset.py", "build_vocab.py", "pretrain.py", "retrieval.py",
-                   "--evaluate", "plot_run.py", "asen_main.py", "--report-to tensorboard"):
+                   "--evaluate", "plot_run.py", "asen_main.py", "--report-to tensorboard", "search.py query"):
         assert any(needed in c for c in commands), needed
 
 
@@ -48,7 +49,14 @@ def test_every_readme_python_command_runs_as_written(tmp_path: Path) -> None:
     for command in readme_commands():
         out = subprocess.run(shlex.split(command), cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, f"{command}\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}"
+    for block in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S):
+        out = subprocess.run([str(ROOT / PREFIX.strip()), "-c", block], cwd=work, env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, f"{block}\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}"
     # What the commands claim to produce is there.
+    search = work / "output/readme/search"
+    assert (search / "fashiongen_test.index").is_file() and (search / "query.html").is_file()
+    assert (work / "output/readme/export/preprocessing.json").is_file()
     run = work / "output/readme/retrieval"
     assert (run / "checkpoint_best.pth").is_file() and (run / "curves.png").is_file()
     assert any((run / "tensorboard").iterdir())
