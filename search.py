@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float16", action="store_true", help="store the embeddings as float16 (half the size)")
     p.add_argument("--faiss", choices=("ivf", "hnsw"), help="also build an approximate FAISS index beside it")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--chunk-items", type=int, default=INDEX_CHUNK_ITEMS,
+                   help=f"items embedded and kept on disk per resumable step (default {INDEX_CHUNK_ITEMS})")
 
     q = sub.add_parser("query", help="the top-K of a query against an index")
     add_model_arguments(q)
@@ -137,17 +139,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     from inference.galleries import encode_gallery
     from inference.index import IndexBuilder, build_faiss, read_index
 
+    if args.chunk_items < 1:
+        raise ConfigError("--chunk-items must be >= 1")
     encoder = load(args)
     gallery = make_gallery(encoder, args)
     n = len(gallery.ids)
     builder = IndexBuilder(args.out, index_meta(encoder, gallery), dtype="float16" if args.float16 else "float32",
-                           chunk_items=INDEX_CHUNK_ITEMS)
+                           chunk_items=args.chunk_items)
     start = builder.done_items
     if start:
         print(f"resuming {args.out}: {start} of {n} items already embedded")
-    steps = range(start, n, INDEX_CHUNK_ITEMS)
+    steps = range(start, n, args.chunk_items)
     for begin in track(steps, f"indexing {n} items", args.progress, unit="chunk"):
-        end = min(n, begin + INDEX_CHUNK_ITEMS)
+        end = min(n, begin + args.chunk_items)
         emb = encode_gallery(encoder, gallery, Subset(gallery.dataset, range(begin, end)))
         builder.add(gallery.ids[begin:end], gallery.paths[begin:end], emb)
     path = builder.finish()

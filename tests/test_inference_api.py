@@ -286,3 +286,29 @@ def test_exported_encoders_match_the_api_on_the_synthetic_data(cmr_run, syntheti
     onnx_texts = run["text"].run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     assert np.abs(onnx_images - enc.encode_images(images).numpy()).max() < 1e-4
     assert np.abs(onnx_texts - enc.encode_texts(texts).numpy()).max() < 1e-4
+
+
+def test_an_interrupted_index_build_continues_and_gives_the_same_file(cmr_run, synthetic_root, tmp_path, capsys,
+                                                                      monkeypatch):
+    import inference.galleries
+
+    args = ["index", "--checkpoint", str(cmr_run / "checkpoint_best.pth"), "--device", "cpu", "--fashiongen",
+            str(synthetic_root / "fashiongen"), "--texts", "--chunk-items", "64"]
+    assert search.main([*args, "--out", str(tmp_path / "whole.index")]) == 0
+    encode, calls = inference.galleries.encode_gallery, []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while embedding the third chunk
+        return encode(*a, **k)
+
+    monkeypatch.setattr(inference.galleries, "encode_gallery", dying)
+    with pytest.raises(KeyboardInterrupt):
+        search.main([*args, "--out", str(tmp_path / "resumed.index")])
+    monkeypatch.setattr(inference.galleries, "encode_gallery", encode)
+    capsys.readouterr()
+    assert search.main([*args, "--out", str(tmp_path / "resumed.index")]) == 0
+    assert "128 of 330 items already embedded" in capsys.readouterr().out
+    assert (tmp_path / "resumed.index").read_bytes() == (tmp_path / "whole.index").read_bytes()
+    assert not list(tmp_path.glob("*.parts"))
