@@ -25,7 +25,8 @@ from engine.errors import RunError
 
 LOCK_NAME = "run.lock"
 LOG_FILES = ("log.txt", "log.jsonl", "config.yaml", "curves.png")
-RESULT_PATTERNS = (r"results_(test|val)\.json", r"map_(test|valid)\.json", r"embeddings(_[\w.-]+)?\.npz")
+RESULT_PATTERNS = (r"results_(test|val)\.json", r"map_(test|valid)\.json", r"embeddings(_[\w.-]+)?\.npz",
+                   r"topk_(test|val|valid)(_[\w.-]+)?\.jsonl", r"gallery_(test|val|valid)\.html")  # tasks.views
 TRACKER_DIRS = ("tensorboard", "wandb")
 
 

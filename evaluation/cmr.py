@@ -20,8 +20,9 @@ import torch
 
 from engine.atomic import write_json
 from engine.errors import DataError
-from evaluation.recall import IndexSets, best_positive_ranks, recall_at_k
+from evaluation.recall import IndexSets, best_positive_ranks, recall_at_k, top_k_candidates
 from evaluation.report import format_table, write_report
+from evaluation.topk import TopK, check_k
 
 TASK = "fashiongen_cmr"
 KS = (1, 5, 10)
@@ -106,6 +107,25 @@ def full_ranks(index: ProductIndex, *, scores: torch.Tensor | None = None, text_
         i2t = best_positive_ranks(i2t_pos, image_emb, text_emb, **common)
         t2i = best_positive_ranks(index.images_of_text, text_emb, image_emb, **common)
     return i2t, t2i
+
+
+def full_top_k(index: ProductIndex, k: int, ranks: Mapping[str, torch.Tensor], *,
+               scores: torch.Tensor | None = None, text_emb: torch.Tensor | None = None,
+               image_emb: torch.Tensor | None = None, keep_top_k: int | None = None,
+               device: torch.device | str | None = None, chunk_size: int | None = None) -> dict[str, TopK]:
+    """Each query's k best of the full protocol in both directions (`i2t`, `t2i`), from the scores, top-k
+    filling and rank order of `full_ranks`; `ranks` are its ranks."""
+    common: dict[str, Any] = dict(keep_top_k=keep_top_k, device=device, chunk_size=chunk_size)
+    if scores is not None:
+        i2t = top_k_candidates(k=k, scores=scores.T, **common)
+        t2i = top_k_candidates(k=k, scores=scores, **common)
+    else:
+        i2t = top_k_candidates(image_emb, text_emb, k, **common)
+        t2i = top_k_candidates(text_emb, image_emb, k, **common)
+    owner = index.text_of_row
+    i2t_pos = i2t[0] == owner[:, None]  # the text of the query row
+    t2i_pos = owner[t2i[0]] == torch.arange(index.num_products)[:, None]  # a row of the query product
+    return {"i2t": TopK(*i2t, i2t_pos, ranks["i2t"]), "t2i": TopK(*t2i, t2i_pos, ranks["t2i"])}
 
 
 def full_metric_names(blip: bool = False) -> tuple[str, ...]:
@@ -416,26 +436,32 @@ class CMRResult:
     metrics: dict[str, float]
     options: dict[str, Any]
     ranks: dict[str, torch.Tensor]
+    top: dict[str, TopK] = field(default_factory=dict)  # full protocol `i2t` / `t2i` with `top_k` > 0
 
 
 def evaluate_cmr(product_rows: Sequence[Sequence[int]], row_subcategory: Sequence[str] | None = None, *,
                  scores: torch.Tensor | None = None, text_emb: torch.Tensor | None = None,
                  image_emb: torch.Tensor | None = None, options: CMROptions = CMROptions(),
                  sampled_sets: SampledSetProvider | None = None, product_ids: Sequence[int] | None = None,
-                 device: torch.device | str | None = None, chunk_size: int | None = None) -> CMRResult:
-    """Run the requested protocols on one score matrix / embedding set; metrics under the published names."""
+                 device: torch.device | str | None = None, chunk_size: int | None = None,
+                 top_k: int = 0) -> CMRResult:
+    """Run the requested protocols on one score matrix / embedding set; metrics under the published names.
+    `top_k` > 0 also keeps each full-protocol query's `top_k` best (`CMRResult.top`)."""
     index = ProductIndex.build(product_rows, len(row_subcategory) if row_subcategory is not None else None)
     _check_inputs(index, scores, text_emb, image_emb)
     feats = dict(scores=scores, text_emb=text_emb, image_emb=image_emb)
     metrics: dict[str, float] = {}
     ranks: dict[str, torch.Tensor] = {}
+    top: dict[str, TopK] = {}
     record: dict[str, Any] = {"protocol": options.protocol, "blip": options.blip, "tie_break": TIE_BREAK,
                               "num_products": index.num_products, "num_rows": index.num_rows}
     if options.protocol in ("full", "both"):
-        top_k = options.k_test if options.blip else None
-        ranks["i2t"], ranks["t2i"] = full_ranks(index, keep_top_k=top_k, device=device, chunk_size=chunk_size,
+        keep = options.k_test if options.blip else None
+        ranks["i2t"], ranks["t2i"] = full_ranks(index, keep_top_k=keep, device=device, chunk_size=chunk_size,
                                                 **feats)
         metrics |= full_metrics(ranks["i2t"], ranks["t2i"], blip=options.blip)
+        if check_k(top_k):
+            top = full_top_k(index, top_k, ranks, keep_top_k=keep, device=device, chunk_size=chunk_size, **feats)
         if options.blip:
             record["k_test"] = options.k_test
     if options.protocol in ("sampled", "both"):
@@ -449,7 +475,7 @@ def evaluate_cmr(product_rows: Sequence[Sequence[int]], row_subcategory: Sequenc
         paths = provider.paths()
         record["sampled"] = {**provider.options.as_dict(), "queries": [len(i2t.queries), len(t2i.queries)],
                              "files": None if paths is None else {k: str(v) for k, v in paths.items()}}
-    return CMRResult(metrics, record, ranks)
+    return CMRResult(metrics, record, ranks, top)
 
 
 def format_cmr_table(metrics: Mapping[str, float]) -> str:

@@ -14,23 +14,38 @@ from dataclasses import dataclass
 import torch
 
 from evaluation.ranking import descending_order
+from evaluation.topk import TopK, check_k
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # scores ranked at once per chunk on GPU
 CPU_CHUNK_ELEMENTS = 1 << 22  # smaller blocks stay in cache on CPU
 
 
-def _mean_precision(rel: torch.Tensor) -> torch.Tensor:
+def _mean_precision(rel: torch.Tensor, first_relevant: torch.Tensor | None = None) -> torch.Tensor:
     """Per row of a (B, C) relevance-in-rank-order block: the mean precision at the relevant ranks (0 if none).
 
     Works on the relevant positions only: the k-th relevant item at 0-based position p adds k / (p + 1).
+    `first_relevant` (B,) int64, if given, receives each row's first relevant position (-1 if none).
     """
     rows, pos = rel.nonzero(as_tuple=True)  # row-major: each row's relevant positions in rank order
     counts = torch.bincount(rows, minlength=rel.shape[0])
     first = torch.cumsum(counts, 0) - counts  # index of each row's first relevant item in `rows`
+    if first_relevant is not None:
+        first_relevant.fill_(-1)
+        first_relevant[rows[first[counts > 0]]] = pos[first[counts > 0]]
     kth = torch.arange(1, rows.numel() + 1, device=rel.device) - first[rows]
     precision = kth.double() / (pos + 1).double()
     total = torch.zeros(rel.shape[0], dtype=torch.float64, device=rel.device).index_add_(0, rows, precision)
     return total / counts.clamp(min=1)
+
+
+@dataclass
+class RankedTop:
+    """The head of the MAP's own ranking: each query's first relevant position (-1: none) and its k best
+    candidates (positions within the candidates given, -1 = padding) with their scores."""
+
+    first_relevant: torch.Tensor  # (Q,) int64
+    indices: torch.Tensor  # (Q, k) int64
+    scores: torch.Tensor  # (Q, k) float32
 
 
 def average_precision(
@@ -42,11 +57,13 @@ def average_precision(
     scores: torch.Tensor | None = None,
     chunk_queries: int = 0,
     device: torch.device | str | None = None,
+    top: RankedTop | None = None,
 ) -> torch.Tensor:
     """AP of every query against all candidates; returns a (Q,) float64 tensor on `device`.
 
     Scores are `query @ candidates.T` in float32 (computed per chunk) or rows of a precomputed (Q, C)
     `scores` matrix. Labels are integer class ids; a candidate is relevant iff its label equals the query's.
+    `top` (tensors on `device`, k = its width), if given, receives the head of the same ranking.
     """
     if (scores is None) == (query is None or candidates is None):
         raise ValueError("give either query and candidate embeddings, or a precomputed score matrix")
@@ -78,10 +95,14 @@ def average_precision(
         else:
             block = query[start:end].to(dev, torch.float32) @ cand.T
         order = descending_order(block)  # = the stable descending sort's indices, several times faster
+        if top is not None:
+            take = min(top.indices.shape[1], num_c)
+            top.indices[start:end, :take] = order[:, :take]
+            top.scores[start:end, :take] = block.gather(1, order[:, :take])
         del block
         rel = c_lab[order] == q_lab[start:end, None]
         del order
-        out[start:end] = _mean_precision(rel)
+        out[start:end] = _mean_precision(rel, None if top is None else top.first_relevant[start:end])
     return out
 
 
@@ -95,6 +116,7 @@ class MapResult:
     total: float  # query-weighted (= mean AP over all queries)
     attribute_mean: float  # unweighted mean over attributes with queries
     ap: torch.Tensor  # (Q,) float64 CPU, AP of each query in input order
+    top: TopK | None = None  # with `top_k` > 0: each query's best candidates (indices into all candidates)
 
 
 def attribute_map(
@@ -108,11 +130,20 @@ def attribute_map(
     *,
     chunk_queries: int = 0,
     device: torch.device | str | None = None,
+    top_k: int = 0,
 ) -> MapResult:
-    """MAP of attribute-conditioned retrieval: queries rank the candidates of their own attribute."""
+    """MAP of attribute-conditioned retrieval: queries rank the candidates of their own attribute.
+
+    `top_k` > 0 also keeps each query's `top_k` best candidates of its attribute in the MAP's rank order
+    (`MapResult.top`; `ranks` = the first relevant position, -1 when none is relevant)."""
     dev = torch.device(device) if device is not None else query.device
     q_attr, c_attr = query_attr.to(dev).reshape(-1), candidate_attr.to(dev).reshape(-1)
     ap = torch.zeros(query.shape[0], dtype=torch.float64, device=dev)
+    head = None
+    if check_k(top_k):
+        head = RankedTop(torch.full((query.shape[0],), -1, dtype=torch.long, device=dev),
+                         torch.full((query.shape[0], top_k), -1, dtype=torch.long, device=dev),
+                         torch.full((query.shape[0], top_k), float("-inf"), dtype=torch.float32, device=dev))
     per_attr: list[float | None] = []
     nq, nc = [], []
     for k in range(num_attributes):
@@ -124,13 +155,29 @@ def attribute_map(
             per_attr.append(None)
             continue
         qi_src, ci_src = qi.to(query.device), ci.to(candidates.device)
+        part = None
+        if head is not None:
+            n = qi.numel()
+            part = RankedTop(head.first_relevant.new_empty(n), head.indices.new_full((n, top_k), -1),
+                             head.scores.new_full((n, top_k), float("-inf")))
         ap_k = average_precision(query[qi_src], candidates[ci_src], query_value[qi_src], candidate_value[ci_src],
-                                 chunk_queries=chunk_queries, device=dev)
+                                 chunk_queries=chunk_queries, device=dev, top=part)
         ap[qi] = ap_k
+        if part is not None:
+            ci_dev = ci.to(dev)
+            head.first_relevant[qi] = part.first_relevant
+            head.indices[qi] = torch.where(part.indices >= 0, ci_dev[part.indices.clamp(min=0)], -1)
+            head.scores[qi] = part.scores
         per_attr.append(float(ap_k.mean()))
     counted = [v for v in per_attr if v is not None]
     if not counted:
         raise ValueError("no queries for any attribute")
     weights = torch.tensor([n for n, v in zip(nq, per_attr) if v is not None], dtype=torch.float64)
     total = float((torch.tensor(counted, dtype=torch.float64) * weights).sum() / weights.sum())
-    return MapResult(per_attr, nq, nc, total, sum(counted) / len(counted), ap.cpu())
+    top = None
+    if head is not None:
+        idx = head.indices.cpu()
+        c_val = candidate_value.reshape(-1).cpu()
+        positive = (c_val[idx.clamp(min=0)] == query_value.reshape(-1).cpu()[:, None]) & (idx >= 0)
+        top = TopK(idx, head.scores.cpu(), positive, head.first_relevant.cpu())
+    return MapResult(per_attr, nq, nc, total, sum(counted) / len(counted), ap.cpu(), top)

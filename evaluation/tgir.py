@@ -8,15 +8,16 @@ Model independent: each query set (a category, `all`, or a held-out slice) is gi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from engine.errors import DataError
-from evaluation.recall import IndexSets, best_positive_ranks, recall_at_k
+from evaluation.recall import IndexSets, best_positive_ranks, recall_at_k, top_k_candidates
 from evaluation.report import format_table, write_report
+from evaluation.topk import TopK, check_k
 
 TASK = "fashioniq_tgir"
 CATEGORIES = ("dress", "shirt", "toptee")
@@ -81,14 +82,10 @@ class QuerySet:
     gallery_emb: torch.Tensor | Mapping[str, torch.Tensor]
 
 
-def tgir_ranks(query_emb: torch.Tensor, gallery_emb: torch.Tensor, gallery_names: Sequence[str],
-               target_names: Sequence[str], reference_names: Sequence[str] | None = None, *,
-               exclude_reference: bool = False, device: torch.device | str | None = None,
-               chunk_size: int | None = None, source: str = "queries") -> torch.Tensor:
-    """0-based rank of each query's target in the gallery (reference at -inf with `exclude_reference`).
-
-    A reference absent from the gallery has nothing to exclude; a reference equal to its target is kept.
-    """
+def _ground_truth(query_emb: torch.Tensor, gallery_emb: torch.Tensor, gallery_names: Sequence[str],
+                  target_names: Sequence[str], reference_names: Sequence[str] | None, exclude_reference: bool,
+                  source: str) -> tuple[IndexSets, IndexSets | None]:
+    """(the target of each query, the candidates it excludes) as gallery positions, inputs checked."""
     if len(target_names) == 0:
         raise DataError(f"{source}: empty query set")
     if query_emb.shape[0] != len(target_names):
@@ -107,8 +104,34 @@ def tgir_ranks(query_emb: torch.Tensor, gallery_emb: torch.Tensor, gallery_names
         if reference_names is None or len(reference_names) != len(target_names):
             raise ValueError(f"{source}: exclude_reference needs one reference name per query")
         exclude = IndexSets.from_lists([[position[r]] if r in position else [] for r in reference_names])
+    return positives, exclude
+
+
+def tgir_ranks(query_emb: torch.Tensor, gallery_emb: torch.Tensor, gallery_names: Sequence[str],
+               target_names: Sequence[str], reference_names: Sequence[str] | None = None, *,
+               exclude_reference: bool = False, device: torch.device | str | None = None,
+               chunk_size: int | None = None, source: str = "queries") -> torch.Tensor:
+    """0-based rank of each query's target in the gallery (reference at -inf with `exclude_reference`).
+
+    A reference absent from the gallery has nothing to exclude; a reference equal to its target is kept.
+    """
+    positives, exclude = _ground_truth(query_emb, gallery_emb, gallery_names, target_names, reference_names,
+                                       exclude_reference, source)
     return best_positive_ranks(positives, query_emb, gallery_emb, exclude=exclude, device=device,
                                chunk_size=chunk_size)
+
+
+def tgir_top_k(query_emb: torch.Tensor, gallery_emb: torch.Tensor, gallery_names: Sequence[str],
+               target_names: Sequence[str], ranks: torch.Tensor, k: int,
+               reference_names: Sequence[str] | None = None, *, exclude_reference: bool = False,
+               device: torch.device | str | None = None, chunk_size: int | None = None,
+               source: str = "queries") -> TopK:
+    """Each query's k best gallery images in the order of `tgir_ranks` (same exclusions); `ranks` are its ranks."""
+    positives, exclude = _ground_truth(query_emb, gallery_emb, gallery_names, target_names, reference_names,
+                                       exclude_reference, source)
+    idx, scores = top_k_candidates(query_emb, gallery_emb, k, positives=positives, exclude=exclude, device=device,
+                                   chunk_size=chunk_size)
+    return TopK(idx, scores, idx == positives.indices[:, None], ranks)
 
 
 def set_metric_names(name: str) -> tuple[str, ...]:
@@ -154,15 +177,19 @@ class TGIRResult:
     metrics: dict[str, float]
     options: dict[str, Any]
     ranks: dict[str, torch.Tensor]
+    top: dict[str, TopK] = field(default_factory=dict)  # per query set, with `top_k` > 0
 
 
 def evaluate_tgir(sets: Mapping[str, QuerySet], options: TGIROptions = TGIROptions(), *,
-                  device: torch.device | str | None = None, chunk_size: int | None = None) -> TGIRResult:
-    """Rank every query set (e.g. dress, shirt, toptee, all) and compute per-set and averaged metrics."""
+                  device: torch.device | str | None = None, chunk_size: int | None = None,
+                  top_k: int = 0) -> TGIRResult:
+    """Rank every query set (e.g. dress, shirt, toptee, all) and compute per-set and averaged metrics;
+    `top_k` > 0 also keeps each query's `top_k` best gallery images (`TGIRResult.top`)."""
     if not sets:
         raise ValueError("no query sets to evaluate")
     metrics: dict[str, float] = {}
     ranks: dict[str, torch.Tensor] = {}
+    top: dict[str, TopK] = {}
     sizes: dict[str, dict[str, int]] = {}
     for name, qs in sets.items():
         gallery = qs.gallery_emb
@@ -172,11 +199,15 @@ def evaluate_tgir(sets: Mapping[str, QuerySet], options: TGIROptions = TGIROptio
                                  exclude_reference=options.exclude_reference, device=device,
                                  chunk_size=chunk_size, source=name)
         metrics |= set_metrics(ranks[name], name)
+        if check_k(top_k):
+            top[name] = tgir_top_k(qs.query_emb, gallery, qs.gallery_names, qs.target_names, ranks[name], top_k,
+                                   qs.reference_names, exclude_reference=options.exclude_reference,
+                                   device=device, chunk_size=chunk_size, source=name)
         sizes[name] = {"queries": len(qs.target_names), "gallery": len(qs.gallery_names)}
     averaged = averaged_sets(list(sets))
     metrics |= average_metrics(metrics, averaged)
     record = {**options.as_dict(), "sets": sizes, "averaged_over": averaged}
-    return TGIRResult(metrics, record, ranks)
+    return TGIRResult(metrics, record, ranks, top)
 
 
 def format_tgir_table(metrics: Mapping[str, float], names: Sequence[str]) -> str:

@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# tests/test_gallery_browser.py opens a gallery page in headless Chromium: install it when missing and we can.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if ! DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q chromium >/dev/null 2>&1; then
+    echo "scripts/test.sh: could not install chromium with apt-get; the browser test skips (or fails with FASHIONFINE_REQUIRE_BROWSER)" >&2
+  fi
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # Waiting OpenMP threads sleep instead of spinning (see engine/__init__.py); pytest loads torch before engine.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}

@@ -43,6 +43,7 @@ from models.weights import (
 from tasks.asen_eval import AsenEvaluator, embed_folder, metric_names
 from tasks.asen_schema import AsenConfig
 from tasks.base import RunRequest, Task, TrainingPlan
+from tasks.views import ViewOptions, add_view_arguments, view_options, write_asen_views
 
 CHECKPOINTS = ("checkpoint.pth.tar", "model_best.pth.tar")  # the published file names
 PRECISION = {"auto": "auto", "bf16": "bf16", "none": "fp32"}
@@ -132,15 +133,22 @@ def same_stage(path: str, cfg: AsenConfig) -> bool:
 class MapReport:
     """The final report: MAP of one split, printed and written as JSON (rank 0)."""
 
-    def __init__(self, evaluator: AsenEvaluator, path: Path) -> None:
-        self.evaluator, self.path = evaluator, path
+    def __init__(self, evaluator: AsenEvaluator, path: Path, view: ViewOptions | None = None) -> None:
+        self.evaluator, self.path, self.view = evaluator, path, view or ViewOptions()
 
     def report(self, model: nn.Module, extra: dict[str, Any]) -> dict[str, float]:
         ev = self.evaluator
-        result = ev.compute(model)
+        ev.top_k = self.view.topk
+        try:
+            result = ev.compute(model)
+        finally:
+            ev.top_k = 0
         if not ev.info.is_main:
             return {}
         out = ev.write(result, self.path, extra["checkpoint"])
+        if result.top is not None:  # next to the result JSON (tasks.views)
+            write_asen_views(self.path.parent, ev.split.name, result, ev.media(), self.view,
+                             f"ASEN++ {ev.split.name}: attribute-specific retrieval")
         print(f"MAP on {ev.split.name} ({extra['checkpoint']}):\n{ev.table(result)}\nwritten to {out}", flush=True)
         return ev.metrics(result)
 
@@ -182,6 +190,7 @@ class AsenTask(Task):
         p.add_argument("--overwrite", action="store_true",
                        help="train in a SAVE_DIR/NAME that holds another run: remove that run's checkpoints, logs "
                             "and results first (only the files the framework writes)")
+        add_view_arguments(p)
         add_report_to_argument(p)
         p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, help=argparse.SUPPRESS)
         return p
@@ -194,7 +203,8 @@ class AsenTask(Task):
         notes: list[str] = []
         evaluate = bool(args.test or args.embed)
         weights = resume_path(cfg, args.resume, None if evaluate else notes) or None
-        options = {"test": args.test, "embed": args.embed, "attribute": args.attribute, "out": args.out}
+        options = {"test": args.test, "embed": args.embed, "attribute": args.attribute, "out": args.out,
+                   **view_options(args)}
         if evaluate:
             if not weights:
                 raise FileNotFoundError("--test/--embed need the checkpoint to evaluate: pass --resume <checkpoint>")
@@ -287,7 +297,8 @@ class AsenTask(Task):
             return EmbedReport(self, opts["embed"], opts["attribute"], Path(out or run_dir / "embeddings.npz"))
         evaluator = AsenEvaluator(self.cfg, self.schema_of_data, opts.get("test") or "test", self.run.info,
                                   self.run.precision, progress_bar=self.cfg.LOGGER.PROGRESS_BAR)
-        return MapReport(evaluator, Path(out or run_dir / f"map_{evaluator.split.name}.json"))
+        return MapReport(evaluator, Path(out or run_dir / f"map_{evaluator.split.name}.json"),
+                         ViewOptions.from_options(opts))
 
     def initialise(self, model: nn.Module, checkpoint: str | None) -> None:
         """ImageNet trunks (when configured), then INIT_FROM and a checkpoint of another stage; nothing when the

@@ -22,6 +22,7 @@ from engine.progress import track
 from evaluation.map import MapResult, attribute_map
 from evaluation.report import format_table, write_report
 from tasks.asen_schema import AsenConfig
+from tasks.views import AsenMedia
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SUMMARY_METRICS = ("map", "map_attr_mean")  # query-weighted total MAP (selects checkpoints) and attribute mean
@@ -93,6 +94,7 @@ class AsenEvaluator:
         self.lines = AsenLines(images, fids, attrs)
         self.last: MapResult | None = None
         self._fallbacks_logged = 0
+        self.top_k = 0  # the top-K lists `compute` keeps (the `--test` report's)
 
     def compute(self, model: nn.Module) -> MapResult:
         """Embed all query and candidate lines and rank them."""
@@ -103,8 +105,14 @@ class AsenEvaluator:
         t = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
         self.last = attribute_map(emb[:nq], t(q.attr), t(q.value), emb[nq:], t(c.attr), t(c.value),
                                   self.schema.num_attributes, chunk_queries=self.cfg.EVAL.CHUNK_QUERIES,
-                                  device=self.info.device)
+                                  device=self.info.device, top_k=self.top_k)
         return self.last
+
+    def media(self) -> AsenMedia:
+        """Image paths, query and candidate lines, attribute names and the image reader of the split."""
+        s, images = self.split, self.lines.images
+        return AsenMedia(s.images, s.queries.fid.tolist(), s.queries.attr.tolist(), s.queries.value.tolist(),
+                         s.candidates.fid.tolist(), self.schema.names, images.load)
 
     def metrics(self, result: MapResult) -> dict[str, float]:
         """Flat metric dict in percent: `map` (query-weighted total), `map_attr_mean`, `map/<attribute>`."""

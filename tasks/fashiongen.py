@@ -74,9 +74,11 @@ class FashionGenTask(FineTask):
 
     def final_report(self) -> CMREvaluator:
         cfg, run = self.cfg, self.run
-        return test_evaluator(cfg.data, cfg.eval, self.tokenizer, cfg.model.vision.image_res, self.test_split,
-                              run.output_dir, cfg.runtime.num_workers, run.device, run.precision,
-                              cfg.train.progress_bar)
+        evaluator = test_evaluator(cfg.data, cfg.eval, self.tokenizer, cfg.model.vision.image_res, self.test_split,
+                                   run.output_dir, cfg.runtime.num_workers, run.device, run.precision,
+                                   cfg.train.progress_bar)
+        evaluator.view = self.final_view()
+        return evaluator
 
     def heldout_split(self) -> tuple[list[int] | None, list[int] | None]:
         """(training products, held-out products); (None = all, None) when selecting on the test split."""

@@ -225,6 +225,7 @@ class FineBlipTask(FineTask):
                                    self.run.precision)
 
     def final_report(self) -> BlipCMREvaluator:
+        self.test_evaluator.view = self.final_view()
         return self.test_evaluator
 
     def heldout_split(self) -> tuple[list[int] | None, list[int] | None]:

@@ -30,6 +30,7 @@ from inference.card import image_entry, make_card, vocab_entry
 from tasks.base import RunRequest, Task, TrainingPlan
 from tasks.compat import CompatConfig
 from tasks.published_flags import PublishedFlag, add_published_flags
+from tasks.views import ViewOptions, add_view_arguments, view_options
 
 
 class SelectionEvaluator:
@@ -120,6 +121,7 @@ class FineTask(Task):
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         add_config_arguments(parser, cls.default_config)
         add_run_arguments(parser)
+        add_view_arguments(parser)
         add_published_flags(parser, cls.published_flags)
         return parser
 
@@ -128,11 +130,16 @@ class FineTask(Task):
         """The run's folder, weights and `--resume` (auto / a folder / a file: continued in its own folder)."""
         folder = output_folder(cfg, args.output_dir, args.evaluate)
         checkpoint = args.checkpoint or cfg.checkpoint
+        views = view_options(args)
         if args.evaluate:
-            return RunRequest(folder, evaluate=True, checkpoint=checkpoint, overwrite=args.overwrite)
+            return RunRequest(folder, evaluate=True, checkpoint=checkpoint, overwrite=args.overwrite, options=views)
         resume = resolve_resume(args.resume, folder, cls.run_files(cfg).last, folder_given=bool(args.output_dir))
         return RunRequest(resume.folder, checkpoint=checkpoint, resume=resume.checkpoint, overwrite=args.overwrite,
-                          notes=resume.notes)
+                          notes=resume.notes, options=views)
+
+    def final_view(self) -> ViewOptions:
+        """The final report's top-K files and gallery page (`--topk`, `--gallery`; tasks.views)."""
+        return ViewOptions.from_options(self.request.options)
 
     @classmethod
     def run_files(cls, cfg: Any) -> RunFiles:

@@ -19,6 +19,7 @@ from datasets.fashioniq import (
     TGIRTrainDataset,
     Triplet,
     check_merged_caption_file,
+    load_image,
     load_or_create_heldout_triplets,
     read_caption_file,
     read_image_split,
@@ -45,6 +46,7 @@ from tasks.base import RunRequest
 from tasks.fine_common import FineTask, SelectionEvaluator, extract, fine_model
 from tasks.fine_schema import TGIRConfig
 from tasks.published_flags import TGIR_FLAGS
+from tasks.views import TGIRSetMedia, ViewOptions, write_tgir_views
 
 VAL_SELECTION_WARNING = "model selection on FashionIQ val, the reported split; numbers are not a clean test estimate"
 
@@ -53,6 +55,8 @@ class TGIREvaluator(SelectionEvaluator):
     """Embeds the galleries once (the union of their images) and the queries of each set, then ranks."""
 
     reported_split, reported_warning = "val", VAL_SELECTION_WARNING
+    view = ViewOptions()  # what the final report writes besides results_val.json (tasks.views)
+    top_k = 0  # the top-K lists `run` keeps (the final report's only)
 
     def __init__(self, sets: Mapping[str, tuple[TGIRQueryDataset, list[str]]], layout: FashionIQLayout,
                  options: TGIROptions, *, image_res: int, batch_size: int, num_workers: int, device: torch.device,
@@ -77,14 +81,27 @@ class TGIREvaluator(SelectionEvaluator):
                                 progress_bar=self.progress_bar, desc=f"{self.name} {set_name} queries")
             query_sets[set_name] = QuerySet(query_emb, queries.reference_names, queries.target_names,
                                             gallery_names, by_name)
-        return evaluate_tgir(query_sets, self.options, device=self.device, chunk_size=self.chunk_size)
+        return evaluate_tgir(query_sets, self.options, device=self.device, chunk_size=self.chunk_size,
+                             top_k=self.top_k)
+
+    def media(self) -> dict[str, TGIRSetMedia]:
+        """Each query set's triplets and gallery names, and the FashionIQ image reader."""
+        layout = self.gallery.layout
+        return {name: TGIRSetMedia(queries.triplets, gallery, lambda n: load_image(layout.image_path(n)))
+                for name, (queries, gallery) in self.sets.items()}
 
     def report(self, model: nn.Module, extra: dict) -> dict[str, float]:
         """Evaluate once, print the table and write `results_val.json` (rank 0)."""
         if not du.is_main_process():
             return {}
-        result = self.run(model)
+        self.top_k = self.view.topk
+        try:
+            result = self.run(model)
+        finally:
+            self.top_k = 0
         path = write_tgir_report(self.output_dir / "results_val.json", result, extra=extra)
+        write_tgir_views(self.output_dir, self.name, result.top, self.media(), self.view,
+                         f"FashionIQ {self.name}: text-guided image retrieval")
         get_logger().info("FashionIQ val (gallery: %s, exclude_reference: %s):\n%s\nwritten to %s",
                           self.options.gallery, self.options.exclude_reference,
                           format_tgir_table(result.metrics, list(self.sets)), path)
@@ -190,6 +207,7 @@ class TGIRTask(FineTask):
         return self.evaluator(sets, options, "val")
 
     def final_report(self) -> TGIREvaluator:
+        self.val_evaluator.view = self.final_view()
         return self.val_evaluator
 
     def heldout_split(self) -> Any:

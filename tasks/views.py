@@ -14,6 +14,7 @@ from PIL import Image
 
 from engine.config import ConfigError
 from engine.logger import get_logger
+from evaluation.map import MapResult
 from evaluation.topk import DEFAULT_K, TopK, write_topk
 from inference.gallery import Item, Query, Section, write_gallery_page
 
@@ -52,7 +53,7 @@ def add_view_arguments(parser: argparse.ArgumentParser) -> None:
 
 def view_options(args: argparse.Namespace) -> dict[str, int]:
     """The `RunRequest.options` entries of the parsed `--topk` / `--gallery` (checked here: one clear line)."""
-    options = ViewOptions(args.topk, args.gallery)
+    options = ViewOptions(getattr(args, "topk", DEFAULT_K), getattr(args, "gallery", 0))
     return {"topk": options.topk, "gallery": options.gallery}
 
 
@@ -178,15 +179,18 @@ class AsenMedia:
     image: Callable[[int], Image.Image]
 
 
-def write_asen_views(folder: Path, split: str, top: TopK, media: AsenMedia, view: ViewOptions,
+def write_asen_views(folder: Path, split: str, result: MapResult, media: AsenMedia, view: ViewOptions,
                      title: str) -> list[Path]:
-    """`topk_<split>.jsonl` (query = image path, with its attribute and value; ids = candidate image paths,
+    """`topk_<split>.jsonl` (query = image path, with its attribute, value and AP; ids = candidate image paths,
     each query ranked within its attribute's candidates; `rank` = the first relevant position) and, with
     `view.gallery`, `gallery_<split>.html`."""
+    if result.top is None:
+        raise ValueError("the MAP result holds no top-K lists (attribute_map top_k=0)")
+    top, ap = result.top, result.ap.tolist()
     paths, qf, qa, qv = media.paths, media.query_fid, media.query_attr, media.query_value
 
     def extra(q: int) -> dict[str, Any]:
-        return {"attribute": media.attributes[qa[q]], "value": int(qv[q])}
+        return {"attribute": media.attributes[qa[q]], "value": int(qv[q]), "ap": ap[q]}
 
     written = [write_topk(folder / f"topk_{split}.jsonl", top, [paths[f] for f in qf],
                           [paths[f] for f in media.candidate_fid], extra)]

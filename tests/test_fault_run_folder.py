@@ -141,7 +141,7 @@ def test_overwrite_removes_only_the_framework_files(synthetic_root, finished, tm
     log = log_of(out)
     assert (f"--overwrite: removed the previous run's checkpoint_best.pth, checkpoint_epoch0.pth, "
             f"checkpoint_last.pth, config.yaml, embeddings_colour.npz, log.jsonl, log.txt, results_test.json, "
-            f"tensorboard/ from {out}") in log
+            f"tensorboard/, topk_test_i2t.jsonl, topk_test_t2i.jsonl from {out}") in log
     assert "final evaluation of" not in log  # the earlier run's log is gone, not appended to
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1]
 
