@@ -5,7 +5,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # tests/test_gallery_browser.py opens a gallery page in headless Chromium: install it when missing and we can.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  if ! DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q chromium >/dev/null 2>&1; then
+  if ! { DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q chromium >/dev/null 2>&1 ||
+         { timeout 300 apt-get update -q >/dev/null 2>&1 &&
+           DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q chromium >/dev/null 2>&1; }; }; then
     echo "scripts/test.sh: could not install chromium with apt-get; the browser test skips (or fails with FASHIONFINE_REQUIRE_BROWSER)" >&2
   fi
 fi
