@@ -30,13 +30,13 @@ DATA_ROOT=$DATA/fashiongen CONFIG=configs/retrieval_tiny.yaml OUTPUT_DIR=$OUT/re
 
 echo "== cross-modal retrieval evaluation on the test split (both protocols)"
 DATA_ROOT=$DATA/fashiongen CONFIG=configs/retrieval_tiny.yaml OUTPUT_DIR=$OUT/retrieval_eval \
-  bash eval_cmr.sh "$OUT/retrieval/checkpoint_best.pth"
+  bash eval_cmr.sh "$OUT/retrieval/checkpoint_best.pth" --gallery 6
 
 echo "== text-guided image retrieval fine-tuning and evaluation (FashionIQ)"
 DATA_ROOT=$DATA/fashioniq CONFIG=configs/tgir_tiny.yaml OUTPUT_DIR=$OUT/tgir \
   CHECKPOINT=$OUT/pretrain/checkpoint_best.pth bash tgir.sh --overwrite --set train.progress_bar=false
 DATA_ROOT=$DATA/fashioniq CONFIG=configs/tgir_tiny.yaml OUTPUT_DIR=$OUT/tgir_eval \
-  bash eval_tgir.sh "$OUT/tgir/checkpoint_best.pth"
+  bash eval_tgir.sh "$OUT/tgir/checkpoint_best.pth" --gallery 4
 
 if [ -z "${SKIP_ASEN:-}" ]; then
   echo "== ASEN++ (attribute-specific similarity)"
@@ -52,7 +52,8 @@ fi
 echo
 echo "== done. Results:"
 echo "   CMR test table:   $OUT/retrieval_eval/results_test.json (pretraining: $OUT/pretrain/results_test.json)"
-echo "   TGIR val table:   $OUT/tgir_eval/results_val.json"
+echo "                     each query's top 10: $OUT/retrieval_eval/topk_test_*.jsonl, page: gallery_test.html"
+echo "   TGIR val table:   $OUT/tgir_eval/results_val.json (top 10: topk_val_*.jsonl, page: gallery_val.html)"
 [ -z "${SKIP_ASEN:-}" ] && echo "   ASEN++ test MAP:  $OUT/asen/synthetic_s2/map_test.json"
 echo "   search queries:   $OUT/search/*_query.html (gallery pages) and *_query.json"
 echo "   logs and checkpoints under $OUT/"
