@@ -99,6 +99,14 @@ def test_index_and_query_round_trip_retrieves_at_the_evaluation_rate(cmr_run, sy
     scores = [r["score"] for r in result["top_k"]]
     assert scores == sorted(scores, reverse=True)
 
+    # the approximate index beside it (faiss IVF) finds the exact best item of this query
+    assert search.main(["index", "--checkpoint", ckpt, "--out", str(index_file), "--device", "cpu",
+                        "--fashiongen", str(synthetic_root / "fashiongen"), "--faiss", "ivf"]) == 0
+    assert search.main(["query", "--checkpoint", ckpt, "--index", str(index_file), "--device", "cpu", "--text",
+                        text, "--approximate", "--json", str(tmp_path / "approx.json")]) == 0
+    approx = json.loads((tmp_path / "approx.json").read_text())["top_k"]
+    assert approx[0]["id"] == result["top_k"][0]["id"]
+
 
 def test_bad_input_is_one_line_naming_the_file_or_value(cmr_run, tmp_path):
     ckpt = str(cmr_run / "checkpoint_best.pth")
@@ -199,6 +207,16 @@ def test_api_asen_embeddings_reproduce_the_map_exactly(tmp_path_factory):
     assert 100 * result.total == pytest.approx(reported["map"], abs=1e-9)
     with pytest.raises(DataError, match="unknown attribute 'sleeve_length_x'"):
         enc.encode_images([split.root / split.images[0]], "sleeve_length_x")
+
+    # search.py: an index of one attribute answers that attribute only
+    base = ["--checkpoint", str(run / "model_best.pth.tar"), "--device", "cpu"]
+    index_file = out / "colour.index"
+    assert search.main(["index", *base, "--asen-split", "test", "--attribute", "colour", "--out",
+                        str(index_file)]) == 0
+    image = str(split.root / split.images[0])
+    assert search.main(["query", *base, "--index", str(index_file), "--image", image, "--attribute", "colour"]) == 0
+    with pytest.raises(DataError, match="holds attribute colour embeddings, asked for attribute pattern"):
+        search.main(["query", *base, "--index", str(index_file), "--image", image, "--attribute", "pattern"])
 
 
 def write_vocab(path: Path, size: int) -> Path:
