@@ -4,6 +4,7 @@ dataset of model inputs with one id and one displayable path per item."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,8 +110,8 @@ def asen_gallery(encoder: AsenEncoder, split: str, attribute: str | None, data_r
     attr_name = _attribute(encoder, attribute)
     attr = encoder.attribute_index(attr_name)
     data_cfg = encoder.cfg.DATA
-    if data_root is not None:
-        data_cfg.BASE_PATH = str(data_root)
+    if data_root is not None:  # a copy: the encoder's config stays as its checkpoint recorded it
+        data_cfg = dataclasses.replace(data_cfg, BASE_PATH=str(data_root))
     s = load_eval_split(data_cfg, split, schema_from_config(data_cfg))
     fids = sorted(set(np.asarray(s.candidates.fid)[np.asarray(s.candidates.attr) == attr].tolist()))
     root = dataset_root(data_cfg)
