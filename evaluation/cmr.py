@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -109,23 +109,87 @@ def full_ranks(index: ProductIndex, *, scores: torch.Tensor | None = None, text_
     return i2t, t2i
 
 
-def full_top_k(index: ProductIndex, k: int, ranks: Mapping[str, torch.Tensor], *,
-               scores: torch.Tensor | None = None, text_emb: torch.Tensor | None = None,
-               image_emb: torch.Tensor | None = None, keep_top_k: int | None = None,
-               device: torch.device | str | None = None, chunk_size: int | None = None) -> dict[str, TopK]:
-    """Each query's k best of the full protocol in both directions (`i2t`, `t2i`), from the scores, top-k
-    filling and rank order of `full_ranks`; `ranks` are its ranks."""
+def full_candidates(index: ProductIndex, k: int, *, scores: torch.Tensor | None = None,
+                    text_emb: torch.Tensor | None = None, image_emb: torch.Tensor | None = None,
+                    keep_top_k: int | None = None, device: torch.device | str | None = None,
+                    chunk_size: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each query's k best candidates (indices, scores) in both directions (`i2t`: texts of every image row,
+    `t2i`: image rows of every product), in the rank order of `full_ranks` (`evaluation.recall`)."""
     common: dict[str, Any] = dict(keep_top_k=keep_top_k, device=device, chunk_size=chunk_size)
     if scores is not None:
-        i2t = top_k_candidates(k=k, scores=scores.T, **common)
-        t2i = top_k_candidates(k=k, scores=scores, **common)
-    else:
-        i2t = top_k_candidates(image_emb, text_emb, k, **common)
-        t2i = top_k_candidates(text_emb, image_emb, k, **common)
+        return {"i2t": top_k_candidates(k=k, scores=scores.T, **common),
+                "t2i": top_k_candidates(k=k, scores=scores, **common)}
+    return {"i2t": top_k_candidates(image_emb, text_emb, k, **common),
+            "t2i": top_k_candidates(text_emb, image_emb, k, **common)}
+
+
+def positive_flags(index: ProductIndex, direction: str, candidates: torch.Tensor) -> torch.Tensor:
+    """(Q, k) bool: which of each query's listed candidates (`i2t`: texts, `t2i`: image rows) are positives."""
     owner = index.text_of_row
-    i2t_pos = i2t[0] == owner[:, None]  # the text of the query row
-    t2i_pos = owner[t2i[0]] == torch.arange(index.num_products)[:, None]  # a row of the query product
-    return {"i2t": TopK(*i2t, i2t_pos, ranks["i2t"]), "t2i": TopK(*t2i, t2i_pos, ranks["t2i"])}
+    if direction == "i2t":
+        return candidates == owner[:, None]  # the text of the query row
+    return owner[candidates] == torch.arange(index.num_products)[:, None]  # a row of the query product
+
+
+def full_top_k(index: ProductIndex, k: int, ranks: Mapping[str, torch.Tensor], *,
+               candidates: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+               **scoring: Any) -> dict[str, TopK]:
+    """Each query's k best of the full protocol in both directions (`i2t`, `t2i`), from the scores, top-k
+    filling and rank order of `full_ranks` (`scoring`: its keyword arguments), or the first k columns of
+    `candidates` (e.g. re-ranked ones); `ranks` are the ranks the metrics used."""
+    if candidates is None:
+        candidates = full_candidates(index, k, **scoring)
+    top = {}
+    for d, (idx, val) in candidates.items():
+        idx, val = idx[:, :k], val[:, :k]
+        top[d] = TopK(idx, val, positive_flags(index, d, idx), ranks[d])
+    return top
+
+
+# ----------------------------------------------------------------------------- full protocol: re-ranking
+
+PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(text indices (M,), image rows (M,)) int64 -> (M,) float scores of those pairs, higher = better match."""
+
+RERANK_ORDER = ("each query's top rerank_k candidates by embedding score, re-ordered by the pair score (stable "
+                "descending: ties keep the embedding order), then every other candidate in embedding order")
+
+
+def rerank_full(index: ProductIndex, candidates: Mapping[str, tuple[torch.Tensor, torch.Tensor]], k: int,
+                pair_scores: PairScorer, ranks: Mapping[str, torch.Tensor]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
+    """Re-rank the full protocol (`RERANK_ORDER`): (new ranks, `candidates` with their first k columns
+    re-ordered, distinct pairs scored). Each distinct (text, image) pair of both directions is scored once;
+    `ranks` are the embedding ranks, kept where no positive is among the k (they are >= k there)."""
+    pairs = {}
+    for d, (idx, _) in candidates.items():
+        head = idx[:, : min(k, idx.shape[1])]
+        query = torch.arange(head.shape[0])[:, None].expand_as(head)
+        pairs[d] = (head, query) if d == "i2t" else (query, head)  # (texts, rows), each (Q, k)
+    texts = torch.cat([t.reshape(-1) for t, _ in pairs.values()])
+    rows = torch.cat([r.reshape(-1) for _, r in pairs.values()])
+    keys, inverse = torch.unique(texts * index.num_rows + rows, return_inverse=True)
+    unique_scores = torch.as_tensor(pair_scores(keys // index.num_rows, keys % index.num_rows)).float().cpu()
+    if unique_scores.shape != keys.shape:
+        raise ValueError(f"the pair scorer returned {tuple(unique_scores.shape)} scores for {keys.numel()} pairs")
+    if not bool(torch.isfinite(unique_scores).all()):
+        raise ValueError("the pair scorer returned NaN or infinite scores")
+    flat = unique_scores[inverse]
+    new_ranks, new_candidates, offset = {}, {}, 0
+    for d, (idx, val) in candidates.items():
+        q, kk = pairs[d][0].shape
+        score = flat[offset : offset + q * kk].view(q, kk)
+        offset += q * kk
+        order = torch.sort(score, dim=1, descending=True, stable=True).indices
+        idx = torch.cat([idx[:, :kk].gather(1, order), idx[:, kk:]], dim=1)
+        val = torch.cat([val[:, :kk].gather(1, order), val[:, kk:]], dim=1)
+        positive = positive_flags(index, d, idx[:, :kk])
+        found = positive.any(1)
+        if bool((ranks[d][~found] < kk).any()):
+            raise ValueError(f"{d}: a query ranked a positive in its top {kk} but none is among its candidates")
+        new_ranks[d] = torch.where(found, positive.int().argmax(1), ranks[d])
+        new_candidates[d] = (idx, val)
+    return new_ranks, new_candidates, keys.numel()
 
 
 def full_metric_names(blip: bool = False) -> tuple[str, ...]:
@@ -417,18 +481,25 @@ def sampled_metrics(i2t_ranks: torch.Tensor, t2i_ranks: torch.Tensor) -> dict[st
 
 @dataclass(frozen=True)
 class CMROptions:
-    """Which protocols to run; `blip` = BLIP-variant full protocol (top-`k_test` scores kept per query)."""
+    """Which protocols to run; `blip` = BLIP-variant full protocol (top-`k_test` scores kept per query);
+    `rerank_k` > 0 re-ranks each full-protocol query's top `rerank_k` by a pair scorer (`rerank_full`; 0 =
+    embeddings only, as published)."""
 
     protocol: str = "both"
     blip: bool = False
     k_test: int = 256
     sampled: SampledOptions = field(default_factory=SampledOptions)
+    rerank_k: int = 0
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.blip and self.protocol != "full":
             raise ValueError("the BLIP variant evaluates the full protocol only (protocol: full)")
+        if self.rerank_k < 0:
+            raise ValueError(f"rerank_k must be >= 0 (0 = off), got {self.rerank_k}")
+        if self.rerank_k and (self.blip or self.protocol == "sampled"):
+            raise ValueError("rerank_k re-ranks the full protocol of the ALBEF variant only")
 
 
 @dataclass
@@ -444,9 +515,12 @@ def evaluate_cmr(product_rows: Sequence[Sequence[int]], row_subcategory: Sequenc
                  image_emb: torch.Tensor | None = None, options: CMROptions = CMROptions(),
                  sampled_sets: SampledSetProvider | None = None, product_ids: Sequence[int] | None = None,
                  device: torch.device | str | None = None, chunk_size: int | None = None,
-                 top_k: int = 0) -> CMRResult:
+                 top_k: int = 0, pair_scores: PairScorer | None = None) -> CMRResult:
     """Run the requested protocols on one score matrix / embedding set; metrics under the published names.
-    `top_k` > 0 also keeps each full-protocol query's `top_k` best (`CMRResult.top`)."""
+    `top_k` > 0 also keeps each full-protocol query's `top_k` best (`CMRResult.top`). With
+    `options.rerank_k` the full-protocol metrics, ranks and top lists are the re-ranked ones (`pair_scores`
+    scores the pairs; `rerank_full`), `options["rerank"]` records the rule and the embedding-only metrics
+    and `ranks` keeps the embedding ranks as `i2t_embedding` / `t2i_embedding`."""
     index = ProductIndex.build(product_rows, len(row_subcategory) if row_subcategory is not None else None)
     _check_inputs(index, scores, text_emb, image_emb)
     feats = dict(scores=scores, text_emb=text_emb, image_emb=image_emb)
@@ -459,9 +533,22 @@ def evaluate_cmr(product_rows: Sequence[Sequence[int]], row_subcategory: Sequenc
         keep = options.k_test if options.blip else None
         ranks["i2t"], ranks["t2i"] = full_ranks(index, keep_top_k=keep, device=device, chunk_size=chunk_size,
                                                 **feats)
+        scoring: dict[str, Any] = dict(keep_top_k=keep, device=device, chunk_size=chunk_size, **feats)
+        candidates = None
+        if options.rerank_k:
+            if pair_scores is None:
+                raise ValueError("rerank_k needs a pair scorer (pair_scores)")
+            embedding_metrics = full_metrics(ranks["i2t"], ranks["t2i"])
+            candidates = full_candidates(index, max(options.rerank_k, check_k(top_k)), **scoring)
+            new_ranks, candidates, scored = rerank_full(index, candidates, options.rerank_k, pair_scores, ranks)
+            ranks["i2t_embedding"], ranks["t2i_embedding"] = ranks["i2t"], ranks["t2i"]
+            ranks |= new_ranks
+            record["rerank"] = {"k": options.rerank_k, "order": RERANK_ORDER, "applies_to": "full protocol",
+                                "top_k_scores": "embedding similarities, listed in the re-ranked order",
+                                "pairs_scored": scored, "embedding_metrics": embedding_metrics}
         metrics |= full_metrics(ranks["i2t"], ranks["t2i"], blip=options.blip)
         if check_k(top_k):
-            top = full_top_k(index, top_k, ranks, keep_top_k=keep, device=device, chunk_size=chunk_size, **feats)
+            top = full_top_k(index, top_k, ranks, candidates=candidates, **scoring)
         if options.blip:
             record["k_test"] = options.k_test
     if options.protocol in ("sampled", "both"):

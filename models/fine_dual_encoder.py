@@ -146,6 +146,26 @@ class FineDualEncoder(nn.Module):
         return self.text_feature(hidden, input_ids, attention_mask, has_sign)
 
     @torch.no_grad()
+    def encode_image_tokens(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode_image` and the ViT tokens `(B, 1 + P, D)` it pooled (what `itm_scores` cross-attends to)."""
+        tokens = self.visual_encoder(image)
+        return self.image_feature(tokens), tokens
+
+    @torch.no_grad()
+    def encode_text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           has_sign: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode_text` and the text-mode BERT states `(B, T, D)` it pooled (what `itm_scores` fuses)."""
+        hidden = self.text_encoder.text(input_ids, attention_mask)
+        return self.text_feature(hidden, input_ids, attention_mask, has_sign), hidden
+
+    @torch.no_grad()
+    def itm_scores(self, image_tokens: torch.Tensor, text_states: torch.Tensor,
+                   text_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) fp32 match logit (ITM head, class 1) of pair i = text states i with image tokens i: the fusion
+        layers and head of training (`matching_logits`) on cached states, so each image and text is encoded once."""
+        return self.matching_logits(text_states, text_mask, image_tokens)[1][:, 1].float()
+
+    @torch.no_grad()
     def momentum_features(self, image: torch.Tensor, input_ids: torch.Tensor,
                           attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Momentum image/text features: global CLS only (published), mixed with `momentum_local_mix` (an

@@ -46,6 +46,7 @@ class BlipCMREvaluator(CMREvaluator):
     protocol as for the ALBEF variant."""
 
     eval_set: BlipEvalSet
+    supports_rerank = False  # eval.rerank_k: the ALBEF variant only
 
     def __init__(self, eval_set: BlipEvalSet, cfg: BlipEvalConfig, **kwargs: Any) -> None:
         super().__init__(eval_set, cfg, **kwargs)  # type: ignore[arg-type]

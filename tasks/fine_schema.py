@@ -55,6 +55,18 @@ class CMREvalConfig:
     protocol: Literal["full", "sampled", "both"] = field("both", "which protocols to run")
     sampled: SampledConfig = field(SampledConfig)
     chunk_size: int | None = field(None, "scores per ranking chunk (default: by device)")
+    rerank_k: int = field(
+        0, "full protocol of every CMR evaluation (selection too): re-rank each query's top k by the ITM head of "
+           "the fusion encoder, as the ALBEF / BLIP evaluations do; 0 = embeddings only (published Fashion-FINE)")
+    rerank_batch: int = field(256, "query-candidate pairs per ITM forward (eval.rerank_k > 0)")
+
+    def validate(self) -> None:
+        if self.rerank_k < 0:
+            raise ValueError(f"eval.rerank_k must be >= 0 (0 = off), got {self.rerank_k}")
+        if self.rerank_batch < 1:
+            raise ValueError(f"eval.rerank_batch must be >= 1, got {self.rerank_batch}")
+        if self.rerank_k and self.protocol == "sampled":
+            raise ValueError("eval.rerank_k re-ranks the full protocol: use eval.protocol full or both")
 
 
 @dataclass
