@@ -68,13 +68,22 @@ def build_param_groups(
     return [groups[k] for k in sorted(groups, key=lambda k: order.get(k[0], len(order)))]
 
 
+def use_fused(groups: list[dict], cfg: OptimConfig) -> bool:
+    """Whether Adam(W) takes torch's fused kernel: `optim.fused`, else (null) when every parameter is on CUDA."""
+    if cfg.fused is not None:
+        return cfg.fused
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.device.type == "cuda" for p in params)
+
+
 def build_optimizer(model: nn.Module | Iterable[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The configured torch optimizer over `model`'s parameter groups (or explicit groups)."""
+    """The configured torch optimizer over `model`'s parameter groups (or explicit groups); Adam(W) is fused on
+    CUDA (`use_fused`; fused and foreach exclude each other, so foreach is left to torch otherwise)."""
     groups = build_param_groups(model.named_parameters(), cfg) if isinstance(model, nn.Module) else list(model)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name in ("adamw", "adam"):
+        kernel = {"fused": True} if use_fused(groups, cfg) else {}
+        adam = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+        return adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **kernel)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 

@@ -22,6 +22,8 @@ TAKES_EFFECT_ON_RESUME = frozenset({
     # processes, threads, time-outs
     "runtime.num_workers", "runtime.cpu_threads", "runtime.pin_memory", "runtime.dist_timeout_s",
     "runtime.stall_timeout_s", "DATA.NUM_WORKERS", "CPU_THREADS", "DIST.TIMEOUT_S", "DIST.STALL_TIMEOUT_S",
+    # how the same step is computed (torch.compile, the Adam kernel: the trainer keeps this run's choice)
+    "train.compile", "train.compile_mode", "optim.fused",
     # evaluation batching (same results, other memory use)
     "data.eval_batch_size", "eval.chunk_size", "DATA.TEST_BATCHSIZE", "EVAL.CHUNK_QUERIES", "DATA.CHECK_IMAGES",
     # where the data and the initial weights lie (the weights are replaced by the checkpoint's)

@@ -32,6 +32,10 @@ class OptimConfig:
     betas: tuple[float, float] = field((0.9, 0.999), "Adam(W) betas")
     eps: float = field(1e-8, "Adam(W) epsilon")
     momentum: float = field(0.9, "SGD momentum")
+    fused: bool | None = field(
+        None, "Adam(W) kernel: null = torch's fused kernel when every parameter is on a GPU (the runner moves the "
+              "model there first), torch's default (foreach) elsewhere; true = fused wherever torch has it; "
+              "false = never fused")
     decay_scalars: bool = field(
         False, "true: 0-dim parameters (e.g. temp) are decayed, as published "
                "(docs/compat.md, compat.no_decay_temp)")
@@ -49,6 +53,8 @@ class OptimConfig:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.fused and self.name == "sgd":
+            raise ValueError("optim.fused applies to adam and adamw only; set it to null for sgd")
 
 
 @dataclass
@@ -96,6 +102,11 @@ class TrainConfig:
     schedule_epochs: int | None = field(
         None, "epochs the lr schedule spans (null = train.epochs); the loop still stops after train.epochs")
     find_unused_parameters: bool = field(False, "DDP find_unused_parameters")
+    compile: bool = field(
+        False, "run the task model's training forward and backward under torch.compile (inductor, CPU and GPU; "
+               "the evaluation stays eager); the first steps pay the compilation, checkpoints keep the eager keys")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = field(
+        "default", "torch.compile mode when train.compile is on (reduce-overhead / max-autotune: CUDA graphs, GPU only)")
     progress_bar: bool = field(True, "tqdm progress bar on rank 0")
     report_to: list[Literal["tensorboard", "wandb"]] = field(
         [], "also send the log.jsonl scalars to these trackers (tensorboard: OUT/tensorboard/; wandb: offline "
@@ -119,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"train.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
         if "{epoch}" not in self.epoch_checkpoint_name:
             raise ValueError(f"train.epoch_checkpoint_name must contain {{epoch}}, got {self.epoch_checkpoint_name!r}")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"train.compile_mode {self.compile_mode!r} needs train.compile: true")
         if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
             raise ValueError(f"train.schedule_epochs ({self.schedule_epochs}) must be >= train.epochs ({self.epochs})")
 

@@ -106,7 +106,7 @@ class Trainer:
         self.last_name, self.best_name = checkpoint_names
         self.precision = resolve_precision(cfg.precision, dist_info.device)
         self.scaler = make_grad_scaler(self.precision, dist_info.device)
-        self.model = self._wrap(model.to(dist_info.device))
+        self.model = self._compile(self._wrap(model.to(dist_info.device)))
         self.epoch, self.iter_in_epoch, self.global_step = 0, 0, 0
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient norm (train.skip_nonfinite_steps)
         self.stop_requests = StopRequests()  # SIGTERM/SIGINT during fit
@@ -128,6 +128,20 @@ class Trainer:
         # Buffers (feature queues) are kept identical by all-gathers; broadcasting them every step is waste.
         return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
                                        find_unused_parameters=self.cfg.find_unused_parameters)
+
+    def _compile(self, model: nn.Module) -> nn.Module:
+        """`train.compile`: torch.compile (inductor) over the (DDP-wrapped) model, as torch recommends for DDP.
+
+        The state dict, the evaluation and the checkpoints use the bare module (`unwrap` strips `_orig_mod`), so
+        checkpoints keep the eager keys. Where the forward reads a tensor's value in Python (queue pointer,
+        the finite check before hard-negative sampling, masked-token selection) the graph breaks and those few
+        ops run eagerly; see benchmarks/README.md, "Compiled training step"."""
+        if not self.cfg.compile:
+            return model
+        mode = None if self.cfg.compile_mode == "default" else self.cfg.compile_mode
+        get_logger().info("train.compile: the model trains under torch.compile (inductor, mode %s); the first "
+                          "steps compile it", self.cfg.compile_mode)
+        return torch.compile(model, mode=mode)
 
     @property
     def module(self) -> nn.Module:
@@ -160,7 +174,7 @@ class Trainer:
         check_world_size(extra.get("world_size"), self.dist.world_size, path)
         changed = check_resume_config(obj.get("config", {}), self.config_dict, path)
         self.module.load_state_dict(obj["model"], strict=True)
-        self.optimizer.load_state_dict(obj["optimizer"])
+        load_optimizer_state(self.optimizer, obj["optimizer"])
         if self.scheduler is not None and obj["scheduler"] is not None:
             self.scheduler.load_state_dict(obj["scheduler"])
         if obj["scaler"] is not None:
@@ -404,6 +418,18 @@ class Trainer:
         if stop:
             self.log.info("early stop: %s did not improve for %d evaluations", name, self.best["bad_evals"])
         return False, stop
+
+
+IMPLEMENTATION_FLAGS = ("fused", "foreach")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict` keeping this run's kernel choice (`fused`, `foreach`: engine.optim picks them
+    from where the parameters are), not the saved run's: a CPU run resumed on a GPU gets the fused AdamW."""
+    flags = [{k: g[k] for k in IMPLEMENTATION_FLAGS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, flags):
+        group.update(own)
 
 
 def batch_size_of(batch: Any, loader: Any = None) -> int:

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from engine.config import field
 
@@ -33,6 +34,9 @@ class TextConfig:
     fusion_layer: int = field(6, "first layer with cross-attention (ALBEF); layers below are text-only")
     cross_attention: Literal["fusion", "all"] = field(
         "fusion", "fusion: layers >= fusion_layer cross-attend (ALBEF); all: every layer (BLIP MED)")
+    grad_ckpt_layers: int = field(
+        0, "activation checkpointing on the last N layers during training (ALBEF: the fusion layers first, then "
+           "the upper text layers; N = layers: every one); the forward is recomputed in the backward, same results")
     init_from: str | None = field(None, "local Hugging Face BERT folder (config.json + model.safetensors or "
                                   "pytorch_model.bin) initialising the text encoder when no checkpoint is given; "
                                   "its sizes must match these")
@@ -42,6 +46,8 @@ class TextConfig:
             raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
         if not 0 <= self.fusion_layer <= self.layers:
             raise ValueError(f"fusion_layer {self.fusion_layer} outside 0..{self.layers}")
+        if not 0 <= self.grad_ckpt_layers <= self.layers:
+            raise ValueError(f"grad_ckpt_layers {self.grad_ckpt_layers} outside 0..{self.layers}")
 
 
 class BertEmbeddings(nn.Module):
@@ -169,9 +175,12 @@ class BertModel(nn.Module):
              image_mask: torch.Tensor | None) -> torch.Tensor:
         bias = attention_bias(mask, x.dtype)
         image_bias = attention_bias(image_mask, x.dtype)
+        first_ckpt = self.cfg.layers - self.cfg.grad_ckpt_layers
+        recompute = self.training and torch.is_grad_enabled()
         for i in layers:
             layer = self.encoder.layer[i]
-            x = layer(x, bias, image if layer.has_cross else None, image_bias if layer.has_cross else None)
+            args = (x, bias, image if layer.has_cross else None, image_bias if layer.has_cross else None)
+            x = checkpoint(layer, *args, use_reentrant=False) if recompute and i >= first_ckpt else layer(*args)
         return x
 
     def text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

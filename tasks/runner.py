@@ -100,7 +100,8 @@ def train(task: Task, model: Any, final: Any, request: RunRequest, tracker: Trac
     dataset = task.train_set(heldout)
     select = task.selection_evaluator(heldout)
     loader = task.train_loader(dataset)
-    optimizer, scheduler = task.optimizer(model, len(loader))
+    # On the run's device before the optimizer is built: Adam(W) takes the fused kernel on CUDA (engine.optim).
+    optimizer, scheduler = task.optimizer(model.to(task.run.device), len(loader))
     plan = task.training()
     run = task.run
     trainer = Trainer(model, loader, optimizer, scheduler, plan.train, run.info, run.output_dir,
