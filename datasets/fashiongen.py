@@ -18,6 +18,7 @@ import os
 import weakref
 from collections.abc import Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ class LazyH5:
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
+        self._fd: int | None = None  # the same file opened for os.pread, same process as _file
+        self._layouts: dict[str, RowLayout | None] = {}
         _HANDLES.add(self)
 
     def get(self) -> h5py.File:
@@ -74,6 +77,7 @@ class LazyH5:
         if self._file is None or self._pid != pid:
             # A handle inherited from another process is dropped, not closed: it belongs to that process.
             self._file, self._pid, self._datasets = h5py.File(self.path, "r"), pid, {}
+            self._fd, self._layouts = None, {}
         return self._file
 
     def dataset(self, key: str) -> h5py.Dataset:
@@ -84,6 +88,27 @@ class LazyH5:
             found = self._datasets[key] = h5file[key]
         return found
 
+    def read_row(self, key: str, row: int) -> np.ndarray:
+        """Row `row` of a dataset: the values, dtype and shape (`dataset.shape[1:]`) of `dataset[row]`.
+
+        Rows of contiguous, unfiltered datasets whose stored bytes are their NumPy bytes (native numbers,
+        null-padded fixed-length strings: the FashionGen files) are read with one positional read at their file
+        offset, ~10x faster than h5py's selection for a short string; other datasets (chunked, compressed,
+        variable-length or space-padded strings, other byte order) go through h5py.
+        """
+        dataset = self.dataset(key)
+        layout = self._layouts.get(key, _UNSET)
+        if layout is _UNSET:
+            layout = self._layouts[key] = RowLayout.of(dataset)
+        if layout is None or not 0 <= row < layout.rows:
+            return np.asarray(dataset[row])
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        buffer = bytearray(layout.row_bytes)
+        if os.preadv(self._fd, [buffer], layout.offset + row * layout.row_bytes) != layout.row_bytes:
+            return np.asarray(dataset[row])  # file shorter than its header says: let h5py report it
+        return np.frombuffer(buffer, dtype=layout.dtype).reshape(layout.shape)
+
     @property
     def is_open(self) -> bool:
         return self._file is not None and self._pid == os.getpid()
@@ -92,7 +117,9 @@ class LazyH5:
         """Close this process's handle (a later `get` reopens it)."""
         if self.is_open:
             self._file.close()
-        self._file, self._pid, self._datasets = None, None, {}
+            if self._fd is not None:
+                os.close(self._fd)
+        self._file, self._pid, self._datasets, self._fd, self._layouts = None, None, {}, None, {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
@@ -108,6 +135,40 @@ class LazyH5:
 
 
 _HANDLES: weakref.WeakSet[LazyH5] = weakref.WeakSet()
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Where the rows of a contiguous dataset lie in the file: byte offset, bytes per row, row dtype/shape."""
+
+    offset: int
+    row_bytes: int
+    rows: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @staticmethod
+    def of(dataset: h5py.Dataset) -> RowLayout | None:
+        """The layout when a row's stored bytes are exactly its NumPy bytes, else None (read through h5py)."""
+        dtype = dataset.dtype
+        if dtype.kind not in "biufS" or not dtype.isnative or not dataset.shape:
+            return None
+        plist = dataset.id.get_create_plist()
+        if plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_nfilters() or plist.get_external_count():
+            return None
+        offset = dataset.id.get_offset()
+        if offset is None:  # storage never allocated
+            return None
+        if dtype.kind == "S":
+            tid = dataset.id.get_type()
+            if not isinstance(tid, h5py.h5t.TypeStringID) or tid.get_strpad() != h5py.h5t.STR_NULLPAD:
+                return None  # space padding or null termination: h5py converts the bytes
+        elif dataset.id.get_type().get_size() != dtype.itemsize:
+            return None
+        shape = tuple(int(n) for n in dataset.shape[1:])
+        return RowLayout(int(offset), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize,
+                         int(dataset.shape[0]), dtype, shape)
 
 
 def _close_before_fork() -> None:
@@ -204,11 +265,15 @@ class FashionGenSplit:
 
     def read_image(self, row: int) -> Image.Image:
         """The row's photograph as an RGB PIL image (stored size; transforms resize)."""
-        return Image.fromarray(np.asarray(self._h5.dataset(IMAGE_KEY)[row], dtype=np.uint8))
+        return Image.fromarray(self.read_pixels(row))
+
+    def read_pixels(self, row: int) -> np.ndarray:
+        """The row's photograph, uint8 (H, W, 3)."""
+        return np.asarray(self._h5.read_row(IMAGE_KEY, row), dtype=np.uint8)
 
     def read_fields(self, row: int, keys: Sequence[str]) -> dict[str, Any]:
         """Per-row values of `keys` (strings decoded from Latin-1), read from the HDF5 file."""
-        return {key: _scalar(self._h5.dataset(key)[row]) for key in keys}
+        return {key: _scalar(self._h5.read_row(key, row)) for key in keys}
 
     def description(self, row: int) -> str:
         return self.read_fields(row, [DESCRIPTION_KEY])[DESCRIPTION_KEY]

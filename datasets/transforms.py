@@ -40,13 +40,23 @@ _NO_PARAM_OPS = frozenset({"Identity", "AutoContrast", "Equalize"})
 
 _MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 _STD = torch.tensor(CLIP_STD).view(3, 1, 1)
+# (v / 255 - mean_c) / std_c in float32 for every byte value v of channel c: the same three rounded float32
+# operations as normalising the pixels themselves, so looking the pixels up gives the same bits.
+_TABLE = torch.arange(256, dtype=torch.float32).expand(3, 1, 256).div(255.0).sub_(_MEAN).div_(_STD).view(3, 256)
+_TABLE_NP = _TABLE.numpy()
 
 
 def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
-    """uint8 RGB image -> float32 (3, H, W) tensor in [0, 1], CLIP-normalised."""
-    array = np.array(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
-    tensor = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
-    return tensor.sub_(_MEAN).div_(_STD)
+    """uint8 RGB image -> contiguous float32 (3, H, W) tensor of (pixel / 255 - mean) / std (CLIP statistics).
+
+    One table look-up per pixel and channel, written straight into the channel-first output (2x faster
+    than converting, scaling and normalising the whole image, with the same result bit for bit).
+    """
+    img = img.convert("RGB") if img.mode != "RGB" else img
+    out = np.empty((3, img.height, img.width), dtype=np.float32)
+    for channel, band in enumerate(img.split()):
+        np.take(_TABLE_NP[channel], np.asarray(band), out=out[channel], mode="clip")  # bytes never clip
+    return torch.from_numpy(out)
 
 
 def op_magnitude(name: str, magnitude: float) -> float:
@@ -182,11 +192,19 @@ class TrainTransform:
         if rng is None:
             raise ValueError("the train transform needs a numpy Generator (e.g. engine.seeding.item_rng)")
         img = img.convert("RGB") if img.mode != "RGB" else img
+        img = self.flip(self.crop_resize(img, rng), rng)
+        return to_normalized_tensor(self.randaugment(img, rng))
+
+    def crop_resize(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """The random resized crop (draws the box from `rng`), bicubic to image_res x image_res."""
         box = random_resized_crop_box(img.width, img.height, rng, self.scale, self.ratio)
-        img = img.crop(box).resize((self.image_res, self.image_res), Image.Resampling.BICUBIC)
+        return img.crop(box).resize((self.image_res, self.image_res), Image.Resampling.BICUBIC)
+
+    def flip(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """Horizontal flip with probability flip_prob (one draw from `rng`)."""
         if rng.random() < self.flip_prob:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return to_normalized_tensor(self.randaugment(img, rng))
+        return img
 
 
 class TestTransform:
