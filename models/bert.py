@@ -36,7 +36,7 @@ class TextConfig:
         "fusion", "fusion: layers >= fusion_layer cross-attend (ALBEF); all: every layer (BLIP MED)")
     grad_ckpt_layers: int = field(
         0, "activation checkpointing on the last N layers during training (ALBEF: the fusion layers first, then "
-           "the upper text layers; N = layers: every one); the forward is recomputed in the backward, same results")
+           "the upper text layers; N >= layers: every one); the forward is recomputed in the backward, same results")
     init_from: str | None = field(None, "local Hugging Face BERT folder (config.json + model.safetensors or "
                                   "pytorch_model.bin) initialising the text encoder when no checkpoint is given; "
                                   "its sizes must match these")
@@ -46,8 +46,8 @@ class TextConfig:
             raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
         if not 0 <= self.fusion_layer <= self.layers:
             raise ValueError(f"fusion_layer {self.fusion_layer} outside 0..{self.layers}")
-        if not 0 <= self.grad_ckpt_layers <= self.layers:
-            raise ValueError(f"grad_ckpt_layers {self.grad_ckpt_layers} outside 0..{self.layers}")
+        if self.grad_ckpt_layers < 0:  # more than there are (published BLIP: 4 at any depth) = all of them
+            raise ValueError(f"grad_ckpt_layers must be >= 0, got {self.grad_ckpt_layers}")
 
 
 class BertEmbeddings(nn.Module):

@@ -25,7 +25,7 @@ class VisionConfig:
     mlp_ratio: float = field(4.0, "MLP hidden = mlp_ratio * width")
     drop_path: float = field(0.0, "stochastic depth rate")
     grad_ckpt_layers: int = field(
-        0, "activation checkpointing on the last N blocks during training (N = depth: every block); the forward is "
+        0, "activation checkpointing on the last N blocks during training (N >= depth: every block); the forward is "
            "recomputed in the backward, same results")
     init_std: float = field(0.02, "std of the trunc-normal init of the blocks' linear weights (timm: 0.02)")
     init_from: str | None = field(None, "local timm / DeiT ViT checkpoint file initialising the image encoder "
@@ -36,8 +36,8 @@ class VisionConfig:
             raise ValueError(f"image_res {self.image_res} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-        if not 0 <= self.grad_ckpt_layers <= self.depth:
-            raise ValueError(f"grad_ckpt_layers {self.grad_ckpt_layers} outside 0..{self.depth}")
+        if self.grad_ckpt_layers < 0:  # more than there are (published BLIP: 4 at any depth) = all of them
+            raise ValueError(f"grad_ckpt_layers must be >= 0, got {self.grad_ckpt_layers}")
 
 
 class VisionEncoder(VisionTransformer):

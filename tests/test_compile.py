@@ -187,4 +187,4 @@ def test_bert_checkpointing_same_loss_and_gradients():
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="grad_ckpt_layers"):
-        TextConfig(layers=2, fusion_layer=1, grad_ckpt_layers=3).validate()
+        TextConfig(layers=2, fusion_layer=1, grad_ckpt_layers=-1).validate()

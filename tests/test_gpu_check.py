@@ -31,7 +31,7 @@ def test_dry_run_writes_every_part(tmp_path: Path) -> None:
         assert part["status"] == "ok", (name, part["status"])
     eager = parts["pretrain_eager"]
     assert eager["compiled"] is False and eager["batch_size"] == 4 and eager["mfu"] is None
-    assert eager["samples_per_s"] > 0 and eager["flops_per_step"] > 0 and eager["peak_memory_GiB"] > 0
+    assert eager["samples_per_s"] > 0 and eager["flops_per_step"] > 0 and eager["peak_memory_GiB"] >= 0  # CPU: growth of the peak RSS, 0 after bigger tests
     assert all(math.isfinite(v) for v in eager["losses"].values())
     cmr = parts["cmr_eval"]
     assert cmr["encode_image_per_s"] > 0 and cmr["encode_text_per_s"] > 0

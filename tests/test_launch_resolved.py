@@ -27,7 +27,9 @@ GOLDEN = json.loads((ROOT / "tests" / "data" / "launch_resolved.json").read_text
 NEW_KEYS = {"LOGGER.PROGRESS_BAR": True,  # the published ASEN++ training shows a progress bar
             "eval_output_dir": "output/FashionFINE_TGIR_eval",  # the published eval_tgir.sh folder (tgir.yaml)
             "runtime.dist_timeout_s": 1800, "DIST.TIMEOUT_S": 1800,  # the published collective time-out (30 min)
-            "runtime.stall_timeout_s": 300, "DIST.STALL_TIMEOUT_S": 300}  # a rank silent for 5 min stops the run
+            "runtime.stall_timeout_s": 300, "DIST.STALL_TIMEOUT_S": 300,  # a rank silent for 5 min stops the run
+            "train.compile_mode": "default",  # only read with train.compile, which stays off (eager, as published)
+            "eval.rerank_batch": 256}  # only read with eval.rerank_k, which stays 0 (no re-ranking, as published)
 TASKS = {"pretrain.py": PretrainTask, "retrieval.py": RetrievalTask, "tgir.py": TGIRTask,
          "train_blip.py": FineBlipTask, "asen_main.py": AsenTask}
 
