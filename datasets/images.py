@@ -8,6 +8,15 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.errors import DataError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_files(folder: str | Path) -> list[str]:
+    """Every image file under `folder` (by suffix, any depth), as sorted paths relative to it."""
+    folder = Path(folder)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
 
 def load_rgb(path: str | Path, source: str | None = None, missing_hint: str | None = None) -> Image.Image:
     """The image at `path` as RGB. A missing file raises FileNotFoundError and an unreadable one DataError,

@@ -13,11 +13,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from datasets.images import load_rgb
+from datasets.images import IMAGE_SUFFIXES, image_files, load_rgb
 from engine.errors import DataError
 from inference.encoders import AsenEncoder, AsenImageInputs, Encoder, FashionGenEncoder
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 H5_MARK = "#row="  # a FashionGen item's path: <file.h5>#row=<row>
 
 
@@ -38,21 +37,15 @@ class Gallery:
             raise DataError(f"{self.source}: empty gallery, nothing to index")
 
 
-def image_files(folder: str | Path) -> list[Path]:
+def folder_gallery(encoder: Encoder, folder: str | Path, attribute: str | None = None) -> Gallery:
+    """Every image under `folder` (sorted; ids are the paths relative to it)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
+    ids = image_files(folder)
+    if not ids:
         raise DataError(f"{folder}: empty gallery, no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
-def folder_gallery(encoder: Encoder, folder: str | Path, attribute: str | None = None) -> Gallery:
-    """Every image under `folder` (sorted; ids are the paths relative to it)."""
-    files = image_files(folder)
-    ids = [p.relative_to(folder).as_posix() for p in files]
-    paths = [str(p) for p in files]
+    paths = [str(folder / i) for i in ids]
     if isinstance(encoder, AsenEncoder):
         attr = _attribute(encoder, attribute)
         return Gallery(AsenImageInputs(paths, encoder.attribute_index(attr), encoder.card), ids, paths, "image",

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from datasets.asen import AsenImages, AsenLines, AsenSchema, EvalSplit, collate, load_eval_split
+from datasets.images import IMAGE_SUFFIXES, image_files
 from engine import distributed as du
 from engine.atomic import atomic_write
 from engine.data import build_eval_loader, move_to_device
@@ -24,7 +25,6 @@ from evaluation.report import format_table, write_report
 from tasks.asen_schema import AsenConfig
 from tasks.views import AsenMedia
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SUMMARY_METRICS = ("map", "map_attr_mean")  # query-weighted total MAP (selects checkpoints) and attribute mean
 
 
@@ -162,8 +162,7 @@ class FolderImages(torch.utils.data.Dataset):
         folder = Path(folder)
         if not folder.is_dir():
             raise DataError(f"{folder}: not a folder of images")
-        self.paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.paths = image_files(folder)
         if not self.paths:
             raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         self.images = AsenImages(folder, self.paths, folder, cfg.INPUT.GLOBAL_SIZE, cfg.INPUT.PIXEL_MEAN,
