@@ -425,7 +425,7 @@ IMPLEMENTATION_FLAGS = ("fused", "foreach")
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """`optimizer.load_state_dict` keeping this run's kernel choice (`fused`, `foreach`: engine.optim picks them
-    from where the parameters are), not the saved run's: a CPU run resumed on a GPU gets the fused AdamW."""
+    from where the parameters are and `optim.fused`), not the saved run's."""
     flags = [{k: g[k] for k in IMPLEMENTATION_FLAGS if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, own in zip(optimizer.param_groups, flags):

@@ -100,7 +100,7 @@ def train(task: Task, model: Any, final: Any, request: RunRequest, tracker: Trac
     dataset = task.train_set(heldout)
     select = task.selection_evaluator(heldout)
     loader = task.train_loader(dataset)
-    # On the run's device before the optimizer is built: Adam(W) takes the fused kernel on CUDA (engine.optim).
+    # On the run's device before the optimizer is built: Adam(W) takes the fused kernel there (engine.optim).
     optimizer, scheduler = task.optimizer(model.to(task.run.device), len(loader))
     plan = task.training()
     run = task.run

@@ -115,7 +115,7 @@ def test_compiled_training_matches_eager_and_checkpoints_keep_eager_keys(tmp_pat
     resumed = Trainer(fresh, None, build_optimizer(fresh, OptimConfig(lr=1e-3)), None,
                       TrainConfig(compile=True, progress_bar=False), CPU, tmp_path / "resumed")
     resumed.resume(path)  # the compiled run's checkpoint resumes (config, optimizer state, position)
-    assert resumed.global_step == 3 and not resumed.optimizer.param_groups[0]["fused"]
+    assert resumed.global_step == 3 and resumed.optimizer.param_groups[0]["fused"]
     resumed.tracker.close()
 
 
@@ -134,12 +134,12 @@ def test_compile_mode_needs_compile():
     assert cfg.train.compile and cfg.train.compile_mode == "reduce-overhead"
 
 
-def test_fused_adamw_only_when_every_parameter_is_on_cuda():
+def test_fused_adamw_when_every_parameter_is_on_cpu_or_cuda():
     net = torch.nn.Linear(3, 2)
-    assert not build_optimizer(net, OptimConfig(name="adamw")).param_groups[0]["fused"]
-    assert build_optimizer(net, OptimConfig(name="adamw", fused=True)).param_groups[0]["fused"]
+    assert build_optimizer(net, OptimConfig(name="adamw")).param_groups[0]["fused"]
+    assert not build_optimizer(net, OptimConfig(name="adamw", fused=False)).param_groups[0]["fused"]
     groups = [{"params": [torch.nn.Parameter(torch.zeros(2, device="meta"))]}]
-    # decided from where the parameters are: meta (not CUDA) keeps torch's default
+    # decided from where the parameters are: meta (neither CPU nor CUDA) keeps torch's default
     assert not build_optimizer(groups, OptimConfig(name="adam")).param_groups[0]["fused"]
     with pytest.raises(ValueError, match="optim.fused"):
         OptimConfig(name="sgd", fused=True).validate()
@@ -149,6 +149,27 @@ def test_fused_adamw_only_when_every_parameter_is_on_cuda():
         assert group["fused"] and not group["foreach"]
 
 
+def test_fused_adamw_on_cpu_matches_the_per_tensor_loop():
+    """The CPU default changed to the fused kernel: same updates as torch's per-tensor AdamW within float32
+    rounding, over several steps, weight decay and a no-decay group included."""
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))]
+    nets.append(copy.deepcopy(nets[0]))
+    initial = copy.deepcopy(nets[0])
+    cfg = dict(name="adamw", lr=1e-2, weight_decay=0.05)
+    opts = [build_optimizer(nets[0], OptimConfig(**cfg)), build_optimizer(nets[1], OptimConfig(**cfg, fused=False))]
+    assert opts[0].param_groups[0]["fused"] and not opts[1].param_groups[0]["fused"]
+    for _ in range(5):
+        x = torch.randn(8, 16)
+        for net, opt in zip(nets, opts):
+            net(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for a, b, start in zip(nets[0].parameters(), nets[1].parameters(), initial.parameters()):
+        assert (a - start).abs().max() > 1e-3  # the steps moved every tensor
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_resume_keeps_this_runs_adam_kernel(tmp_path):
     from engine.trainer import load_optimizer_state
 
@@ -156,7 +177,7 @@ def test_resume_keeps_this_runs_adam_kernel(tmp_path):
     saved = build_optimizer(net, OptimConfig(name="adamw", fused=True))
     net(torch.ones(1, 3)).sum().backward()
     saved.step()
-    own = build_optimizer(net, OptimConfig(name="adamw"))
+    own = build_optimizer(net, OptimConfig(name="adamw", fused=False))
     load_optimizer_state(own, saved.state_dict())
     assert not own.param_groups[0]["fused"] and own.state[net.weight]["exp_avg"].shape == (2, 3)
 
