@@ -3,8 +3,8 @@
 By default glibc serves blocks above a (dynamic) threshold with fresh `mmap`s and trims the heap top as soon as
 ~2x that threshold is free, so every training step page-faults its activations and gradients in again: ~130,000
 minor faults per backward of the base pretraining step on CPU. With a fixed 32 MiB mmap threshold (glibc's
-maximum) and a 2 GiB trim threshold the step re-uses its own pages: 3,400 faults, backward 2.45 -> 2.18 s, peak
-RSS no higher (benchmarks/README.md, "Pretraining step per module"). Any `MALLOC_*` variable in the environment,
+maximum) and a 2 GiB trim threshold the step re-uses its own pages: 300-4,000 faults, backward 2.42-2.50 ->
+2.07-2.18 s, peak RSS unchanged (benchmarks/README.md, "Pretraining step per module"). Any `MALLOC_*` variable in the environment,
 or a non-glibc C library, leaves malloc as it is.
 """
 
