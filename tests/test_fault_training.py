@@ -199,11 +199,13 @@ def start_probe(out: Path, *, delay: float = 0.01, timeout_s: float = 30, epochs
                             text=True)
 
 
-def wait_for_training(out: Path, procs: list[subprocess.Popen], limit: float = 60) -> None:
-    """Until rank 0 has logged a train record (the run is mid-epoch)."""
+def wait_for_training(out: Path, procs: list[subprocess.Popen], limit: float = 60, checkpoint: bool = False) -> None:
+    """Until rank 0 has logged a train record (the run is mid-epoch) and, with `checkpoint`, has written its first
+    checkpoint (the first train record can be the end-of-epoch one, logged before the epoch's checkpoint)."""
     end = time.monotonic() + limit
     while time.monotonic() < end:
-        if (out / "log.jsonl").is_file() and '"train"' in (out / "log.jsonl").read_text():
+        if ((out / "log.jsonl").is_file() and '"train"' in (out / "log.jsonl").read_text()
+                and (not checkpoint or (out / "checkpoint_last.pth").is_file())):
             return
         assert all(p.poll() is None for p in procs), [p.stderr.read() for p in procs if p.poll() is not None]
         time.sleep(0.05)
@@ -297,7 +299,7 @@ def test_a_stopped_killed_or_signalled_rank_ends_the_run_with_one_line(tmp_path)
     results = {}
     try:
         for fault, ranks in runs.items():
-            wait_for_training(tmp_path / fault, ranks)
+            wait_for_training(tmp_path / fault, ranks, checkpoint=True)  # the message names an intact checkpoint
             os.kill(ranks[1].pid, FAULTS[fault])
             results[fault] = time.monotonic()
         for fault, ranks in runs.items():
