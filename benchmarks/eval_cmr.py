@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cli import benchmark_device  # noqa: E402
 from evaluation.cmr import ProductIndex, SampledOptions, draw_sampled_sets, sampled_ranks  # noqa: E402
 from evaluation.recall import IndexSets, best_positive_ranks  # noqa: E402
 
@@ -137,7 +138,7 @@ def feature_throughput(args: argparse.Namespace, device: torch.device) -> int:
     """Images/s of `encode_image` and texts/s of `encode_text` for the retrieval model of `args.config`."""
     from datasets.text import load_tokenizer
     from engine.config import load_config
-    from engine.precision import autocast, resolve_precision
+    from engine.precision import autocast, fast_cuda_kernels, resolve_precision
     from models.fine_retrieval import FineRetrievalModel
     from tasks.fine_schema import RetrievalConfig
 
@@ -153,9 +154,7 @@ def feature_throughput(args: argparse.Namespace, device: torch.device) -> int:
     else:
         vocab_size, cls_id, sep_id, vocab_from = BERT_VOCAB_SIZE, BERT_CLS_ID, BERT_SEP_ID, "bert-base-uncased size"
     if device.type == "cuda":  # as the entry points set them (engine.run.start_run)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        fast_cuda_kernels()
     precision = resolve_precision(args.precision, device)
     torch.manual_seed(args.seed)
     model = FineRetrievalModel(cfg.model, cfg.loss, cfg.compat.model_behaviour(), vocab_size=vocab_size, sep_token_id=sep_id)
@@ -229,11 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU (default: torch's)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no GPU is available", file=sys.stderr)
+    device = benchmark_device(args.device, args.threads)
+    if device is None:
         return 2
     if args.features:
         return feature_throughput(args, device)

@@ -33,6 +33,8 @@ import torch  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from benchmarks.cli import benchmark_device  # noqa: E402
+
 NUM_IMAGES, NUM_TEXTS = 32528, 7519  # the FashionGen validation (= test) split
 BERT_VOCAB_SIZE, BERT_CLS_ID, BERT_SEP_ID = 30522, 101, 102  # bert-base-uncased (no tokenizer folder)
 H200_BF16_DENSE_TFLOPS = 989.0
@@ -104,7 +106,7 @@ def duration(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.precision import autocast, resolve_precision
+    from engine.precision import autocast, fast_cuda_kernels, resolve_precision
     from tasks.cmr_eval import ITMScorer, stored_dtype
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,15 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no GPU is available", file=sys.stderr)
+    device = benchmark_device(args.device, args.threads)
+    if device is None:
         return 2
     if device.type == "cuda":  # as the entry points set them (engine.run.start_run)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
+        fast_cuda_kernels()
     precision = resolve_precision(args.precision, device)
     model, cfg, vocab_size, cls_id, sep_id = build(args, device)
     batch, pairs_batch = cfg.data.eval_batch_size, args.pairs_batch or cfg.eval.rerank_batch

@@ -166,7 +166,7 @@ def cmr_part(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Feature extraction rates of the retrieval model and the full-protocol ranking at real size."""
     from benchmarks.eval_cmr import make_catalogue
     from engine.config import load_config
-    from engine.precision import autocast, resolve_precision
+    from engine.precision import autocast, fast_cuda_kernels, resolve_precision
     from evaluation.cmr import ProductIndex
     from evaluation.recall import IndexSets, best_positive_ranks
     from models.fine_retrieval import FineRetrievalModel
@@ -176,10 +176,8 @@ def cmr_part(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     config = "configs/retrieval_tiny.yaml" if dry else "configs/retrieval.yaml"
     batch, batches, vocab, repeat = (8, 1, 1000, 1) if dry else (256, 5, 30522, 3)
     texts, images = (300, 1300) if dry else (CMR_TEXTS, CMR_IMAGES)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":  # as the entry points set them (engine.run.start_run)
+        fast_cuda_kernels()
     cfg = load_config(RetrievalConfig, [ROOT / config])
     precision = resolve_precision("auto", device)
     torch.manual_seed(0)

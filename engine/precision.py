@@ -16,6 +16,13 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
+def fast_cuda_kernels() -> None:
+    """cuDNN autotuning and TF32 matrix products, as every non-deterministic CUDA run sets them."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast context for the forward pass (a no-op for fp32)."""
     if precision == "fp32":

@@ -16,6 +16,7 @@ from engine.config import ConfigError, config_to_dict, dump_config
 from engine.distributed import DistInfo, broadcast_object, cleanup, init_distributed
 from engine.errors import DataError, RunError
 from engine.logger import get_logger, setup_logging
+from engine.precision import fast_cuda_kernels
 from engine.run_folder import RunFolder
 from engine.sections import RuntimeConfig
 from engine.seeding import seed_everything
@@ -65,9 +66,7 @@ def start_run(runtime: RuntimeConfig, output_dir: str | Path, config: object | N
     if runtime.deterministic:
         torch.use_deterministic_algorithms(True)
     elif info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        fast_cuda_kernels()
     get_logger().info("rank %d/%d on %s (backend %s); output in %s", info.rank, info.world_size, info.device,
                       info.backend or "none", output_dir)
     if info.is_main and config is not None:
