@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.cli import benchmark_device  # noqa: E402
+from benchmarks.common import benchmark_device, sync  # noqa: E402
 from evaluation.cmr import ProductIndex, SampledOptions, draw_sampled_sets, sampled_ranks  # noqa: E402
 from evaluation.recall import IndexSets, best_positive_ranks  # noqa: E402
 
@@ -118,8 +118,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> tuple[
         with PeakMemory(device) as mem:
             start = time.perf_counter()
             out = fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             times.append((time.perf_counter() - start) * 1000)
         peak = max(peak, mem.peak_mib)
     return statistics.median(times), peak, out
@@ -127,11 +126,6 @@ def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> tuple[
 
 BASE_CONFIG, TINY_CONFIG = "configs/retrieval.yaml", "configs/retrieval_tiny.yaml"
 BERT_VOCAB_SIZE, BERT_CLS_ID, BERT_SEP_ID = 30522, 101, 102  # bert-base-uncased (no tokenizer folder)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def feature_throughput(args: argparse.Namespace, device: torch.device) -> int:
@@ -182,12 +176,12 @@ def feature_throughput(args: argparse.Namespace, device: torch.device) -> int:
         with torch.no_grad(), autocast(precision, device):
             for _ in range(args.warmup):
                 encode()
-            _sync(device)
+            sync(device)
             times = []
             for _ in range(args.batches):
                 start = time.perf_counter()
                 out = encode()
-                _sync(device)
+                sync(device)
                 times.append(time.perf_counter() - start)
         assert out.shape == (batch, cfg.model.embed_dim) and bool(torch.isfinite(out).all())
         per_batch = statistics.median(times)

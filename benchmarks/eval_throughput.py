@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from benchmarks.cli import benchmark_device  # noqa: E402
+from benchmarks.common import benchmark_device, timed  # noqa: E402
 
 NUM_IMAGES, NUM_TEXTS = 32528, 7519  # the FashionGen validation (= test) split
 BERT_VOCAB_SIZE, BERT_CLS_ID, BERT_SEP_ID = 30522, 101, 102  # bert-base-uncased (no tokenizer folder)
@@ -74,28 +73,11 @@ def random_texts(batch: int, length: int, vocab_size: int, cls_id: int, sep_id: 
     return ids, mask
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call (matrix products and attention; the math attention kernel, which the counter sees)."""
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
-
-
-def timed(fn: Callable[[], object], batches: int, device: torch.device) -> list[float]:
-    """Seconds of each of `batches` calls."""
-    times = []
-    with torch.no_grad():
-        for _ in range(batches):
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - start)
-    return times
 
 
 def duration(seconds: float) -> str:

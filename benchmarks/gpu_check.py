@@ -46,6 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import sync  # noqa: E402
 from engine.atomic import write_json  # noqa: E402
 
 PARTS = ("pretrain_eager", "pretrain_compiled", "cmr_eval", "blip_step", "asen_map", "nccl_two_process")
@@ -75,11 +76,6 @@ def release_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def pretrain_has_compile() -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -28,6 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402,F401  (before torch work: OMP_WAIT_POLICY, malloc settings)
+from benchmarks.common import timed  # noqa: E402
+
+CPU = torch.device("cpu")
 
 CMR_FLOP = 2 * 7519 * 32528 * 256
 MAP_FLOP = 2 * 38628 * 17169 * 2048
@@ -40,13 +42,9 @@ SHAPES = {  # (m, k, n): m x k times k x n
 
 
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of `repeats` calls after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timed(fn, repeats, CPU))
 
 
 def rates(repeats: int) -> dict[str, dict[str, float]]:
